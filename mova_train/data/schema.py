@@ -1,0 +1,214 @@
+"""The shard schema shared by `data_tools/build_shards.py`, the latent encoder and the datamodule.
+
+Raw shards hold one tar sample per clip, named the webdataset way (`<key>.<ext>` members):
+
+- `__key__`: the first 16 hex digits of the sha256 of the clip bytes (`key_for_sha256`).
+- `mp4` (`VIDEO_KEY`): the original clip bytes, unchanged, whatever the container.
+- `json` (`RECORD_KEY`): a `ClipRecord` as JSON.
+
+Latent-cache shards use the same `__key__`, a `latents.safetensors` member (`LATENTS_KEY`) and a `json` record that
+extends the raw record. Every shard folder carries an `index.json` (`INDEX_NAME`, format `INDEX_VERSION`) with
+per-shard counts and, for raw shards, every skipped input grouped by reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VIDEO_KEY = "mp4"
+RECORD_KEY = "json"
+LATENTS_KEY = "latents.safetensors"
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+SHARD_PATTERN = "shard-{index:06d}.tar"
+KEY_LENGTH = 16
+
+# Skip reasons written by `build_shards` (index.json "skipped" keys).
+SKIP_BAD_ENTRY = "bad_entry"
+SKIP_MISSING_FILE = "missing_file"
+SKIP_EMPTY_FILE = "empty_file"
+SKIP_UNREADABLE = "unreadable"
+SKIP_TRUNCATED = "truncated"
+SKIP_NO_VIDEO_STREAM = "no_video_stream"
+SKIP_NO_AUDIO_STREAM = "no_audio_stream"
+SKIP_TOO_SHORT = "too_short"
+SKIP_BAD_CAPTION_ENCODING = "bad_caption_encoding"
+SKIP_EMPTY_CAPTION = "empty_caption"
+SKIP_VARIABLE_FRAME_RATE = "variable_frame_rate"
+SKIP_DUPLICATE = "duplicate"
+SKIP_REASONS = (
+    SKIP_BAD_ENTRY,
+    SKIP_MISSING_FILE,
+    SKIP_EMPTY_FILE,
+    SKIP_UNREADABLE,
+    SKIP_TRUNCATED,
+    SKIP_NO_VIDEO_STREAM,
+    SKIP_NO_AUDIO_STREAM,
+    SKIP_TOO_SHORT,
+    SKIP_BAD_CAPTION_ENCODING,
+    SKIP_EMPTY_CAPTION,
+    SKIP_VARIABLE_FRAME_RATE,
+    SKIP_DUPLICATE,
+)
+
+# Flags of kept clips (index.json "flags" keys): kept, but worth knowing about.
+FLAG_NO_AUDIO = "no_audio_stream"
+FLAG_AUDIO_SHORTER = "audio_shorter_than_video"
+FLAG_EMPTY_CAPTION = "empty_caption"
+FLAG_VARIABLE_FRAME_RATE = "variable_frame_rate"
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class SchemaError(ValueError):
+    """A shard record or index does not follow the schema."""
+
+
+def key_for_sha256(sha256: str) -> str:
+    """Return the webdataset `__key__` of a clip: the first 16 hex digits of its sha256."""
+    return sha256[:KEY_LENGTH]
+
+
+def shard_name(index: int) -> str:
+    """Return the file name of shard number `index` (`shard-000000.tar`, ...)."""
+    return SHARD_PATTERN.format(index=index)
+
+
+@dataclass
+class ClipRecord:
+    """The JSON record stored beside each raw clip (member `json`).
+
+    Attributes:
+        caption: The text prompt ("" when the input had none).
+        source_path: Where the clip came from (as given by the input listing).
+        fps: Average video frame rate, `fps_num / fps_den`.
+        fps_num: Frame-rate numerator (e.g. 30000).
+        fps_den: Frame-rate denominator (e.g. 1001).
+        num_frames: Number of decodable video frames.
+        duration: Video duration in seconds.
+        width: Display width in pixels (after rotation).
+        height: Display height in pixels (after rotation).
+        has_audio: Whether the container has an audio stream.
+        sample_rate: Audio sample rate in Hz, or None without audio.
+        num_channels: Audio channel count, or None without audio.
+        audio_duration: Audio duration in seconds, or None without audio (or when unknown).
+        sha256: Hex sha256 of the clip bytes.
+        variable_frame_rate: True when frame timestamps deviate from a constant rate.
+    """
+
+    caption: str
+    source_path: str
+    fps: float
+    fps_num: int
+    fps_den: int
+    num_frames: int
+    duration: float
+    width: int
+    height: int
+    has_audio: bool
+    sample_rate: int | None
+    num_channels: int | None
+    audio_duration: float | None
+    sha256: str
+    variable_frame_rate: bool = False
+
+    @property
+    def key(self) -> str:
+        """The sample's webdataset `__key__`."""
+        return key_for_sha256(self.sha256)
+
+    def validate(self) -> ClipRecord:
+        """Check types and ranges; raise `SchemaError` naming the field and the fix. Returns self."""
+        where = f"record of {self.source_path!r}"
+        if not isinstance(self.caption, str):
+            raise SchemaError(
+                f"{where}: field 'caption' must be a string (got {type(self.caption).__name__})"
+            )
+        for name in ("fps_num", "fps_den", "num_frames", "width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise SchemaError(f"{where}: field {name!r} must be a positive int (got {value!r})")
+        for name in ("fps", "duration"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise SchemaError(f"{where}: field {name!r} must be a positive finite number (got {value!r})")
+        if abs(self.fps - self.fps_num / self.fps_den) > 1e-3:
+            raise SchemaError(
+                f"{where}: 'fps' {self.fps} disagrees with fps_num/fps_den {self.fps_num}/{self.fps_den}"
+            )
+        if not isinstance(self.sha256, str) or not _HEX.match(self.sha256):
+            raise SchemaError(
+                f"{where}: field 'sha256' must be 64 lowercase hex digits (got {self.sha256!r})"
+            )
+        if self.has_audio:
+            for name in ("sample_rate", "num_channels"):
+                value = getattr(self, name)
+                if not isinstance(value, int) or value <= 0:
+                    raise SchemaError(
+                        f"{where}: has_audio is true but {name!r} is {value!r}; re-run build_shards"
+                    )
+        elif self.sample_rate is not None or self.num_channels is not None:
+            raise SchemaError(f"{where}: has_audio is false but sample_rate/num_channels are set")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as a plain JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+    def to_json_bytes(self) -> bytes:
+        """Return the record encoded as UTF-8 JSON (stable key order), as stored in the shard."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClipRecord:
+        """Build a validated record from a dict; extra keys (e.g. latent-cache fields) are ignored.
+
+        Raises:
+            SchemaError: A required field is missing or has a bad value.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            src = data.get("source_path", "<unknown>")
+            raise SchemaError(
+                f"record of {src!r} lacks fields {missing}; rebuild the shards with build_shards"
+            )
+        return cls(**{n: data[n] for n in names if n in data}).validate()
+
+    @classmethod
+    def from_json_bytes(cls, raw: bytes) -> ClipRecord:
+        """Parse a `json` member of a raw shard."""
+        return cls.from_dict(json.loads(raw.decode("utf-8")))
+
+
+def read_index(folder: str | Path) -> dict[str, Any]:
+    """Read and check `index.json` of a shard folder.
+
+    Raises:
+        SchemaError: The index is missing, not JSON, or of an unknown version.
+    """
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        raise SchemaError(f"{path} not found; build the shards with `python -m data_tools.build_shards`")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SchemaError(f"{path} is not valid JSON ({err}); rebuild the shards") from err
+    if index.get("version") != INDEX_VERSION:
+        raise SchemaError(f"{path}: field 'version' is {index.get('version')!r}, expected {INDEX_VERSION}")
+    if not isinstance(index.get("shards"), list):
+        raise SchemaError(f"{path}: field 'shards' must be a list of {{name, count, bytes}}")
+    return index
+
+
+def shard_urls(folder: str | Path) -> list[str]:
+    """Return the shard paths listed in a folder's `index.json`, in order."""
+    index = read_index(folder)
+    return [str(Path(folder) / shard["name"]) for shard in index["shards"]]

@@ -1,0 +1,288 @@
+"""Checkpoint folders in the released MOVA layout (diffusers ``DiffusionPipeline`` style).
+
+One subfolder per component with a ``config.json`` and either one ``diffusion_pytorch_model.safetensors``
+or shards ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` listed in
+``diffusion_pytorch_model.safetensors.index.json``. ``model_index.json`` is tolerated and never required.
+
+Loading builds the module on the ``meta`` device, validates every key and shape against the files, then
+reads tensors one at a time from memory-mapped safetensors, casts them and assigns them in place: the
+weights are never held twice in RAM. A missing component, key or a wrong shape fails with one
+:class:`CheckpointError` that names the component, the key, the expected and the found shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mova_train.models.audio_tower import AudioDiT
+from mova_train.models.bridge import DualTowerBridge
+from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
+from mova_train.models.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
+from mova_train.models.dac import DAC
+from mova_train.models.mova import EXPERTS, MovaDualTower
+from mova_train.models.video_tower import VideoDiT
+from mova_train.models.video_vae import WanVideoVAE
+
+__all__ = [
+    "COMPONENTS",
+    "CheckpointError",
+    "load_component",
+    "load_dual_tower",
+    "read_config",
+    "save_component",
+    "save_dual_tower",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = f"{WEIGHTS_NAME}.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder does not match the model it is loaded into."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """How to build one component from its ``config.json``."""
+
+    class_name: str
+    config_cls: type
+    module_cls: type
+
+
+COMPONENTS: dict[str, ComponentSpec] = {
+    "video_dit": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT),
+    "video_dit_2": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT),
+    "audio_dit": ComponentSpec("WanAudioModel", AudioDiTConfig, AudioDiT),
+    "dual_tower_bridge": ComponentSpec("DualTowerConditionalBridge", BridgeConfig, DualTowerBridge),
+    "audio_vae": ComponentSpec("DAC", DACConfig, DAC),
+    "video_vae": ComponentSpec("AutoencoderKLWan", VideoVAEConfig, WanVideoVAE),
+}
+
+
+def _spec(name: str) -> ComponentSpec:
+    if name not in COMPONENTS:
+        raise CheckpointError(f"unknown component {name!r}; known: {sorted(COMPONENTS)}")
+    return COMPONENTS[name]
+
+
+def read_config(root: str | Path, name: str) -> Any:
+    """Parse ``<root>/<name>/config.json`` into the component's config dataclass."""
+    path = Path(root) / name / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"component {name!r}: {path} not found; is {root} a MOVA checkpoint folder?")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"component {name!r}: {path} is not valid JSON ({err})") from err
+    try:
+        return _spec(name).config_cls.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"component {name!r}: {path}: {err}") from err
+
+
+def _weight_files(folder: Path, name: str) -> dict[str, Path]:
+    """Map every tensor key to the safetensors file holding it."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"component {name!r}: {index} has no 'weight_map'")
+        files = {key: folder / fname for key, fname in weight_map.items()}
+        for path in sorted(set(files.values())):
+            if not path.is_file():
+                raise CheckpointError(f"component {name!r}: shard {path} listed in {index.name} is missing")
+        return files
+    single = folder / WEIGHTS_NAME
+    if not single.is_file():
+        raise CheckpointError(f"component {name!r}: neither {WEIGHTS_NAME} nor {INDEX_NAME} in {folder}")
+    with safe_open(str(single), framework="pt") as f:
+        return {key: single for key in f.keys()}
+
+
+def _check_keys(name: str, expected: dict[str, torch.Size], found: dict[str, list[int]], where: Path) -> None:
+    problems = []
+    for key in sorted(set(expected) - set(found)):
+        problems.append(f"missing key {key!r} (expected shape {list(expected[key])})")
+    for key in sorted(set(found) - set(expected)):
+        problems.append(f"unexpected key {key!r} (found shape {found[key]})")
+    for key in sorted(set(expected) & set(found)):
+        if list(expected[key]) != list(found[key]):
+            problems.append(f"key {key!r}: expected shape {list(expected[key])}, found {found[key]}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (
+            f"; ... ({len(problems) - 10} more)" if len(problems) > 10 else ""
+        )
+        raise CheckpointError(f"component {name!r} at {where}: {len(problems)} problem(s): {shown}")
+
+
+def _fp32_keys(module: nn.Module) -> set[str]:
+    keep = set()
+    for prefix, sub in module.named_modules():
+        for child in getattr(sub, "keep_in_fp32_modules", ()):
+            base = f"{prefix}.{child}." if prefix else f"{child}."
+            keep.update(k for k in module.state_dict(keep_vars=True) if k.startswith(base))
+    return keep
+
+
+def load_component(
+    root: str | Path,
+    name: str,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Load component ``name`` from the checkpoint folder ``root``.
+
+    Args:
+        root: the checkpoint folder (e.g. a downloaded ``MOVA-360p``).
+        name: one of :data:`COMPONENTS`.
+        dtype: floating dtype of the parameters (``keep_in_fp32_modules`` stay float32).
+        device: where the weights go.
+
+    Raises:
+        CheckpointError: missing folder/files, or key/shape mismatch (all problems in one message).
+    """
+    folder = Path(root) / name
+    spec = _spec(name)
+    config = read_config(root, name)
+    with torch.device("meta"):
+        module = spec.module_cls(config)
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    files = _weight_files(folder, name)
+    found: dict[str, list[int]] = {}
+    for path in sorted(set(files.values())):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if files.get(key) == path:
+                    found[key] = list(f.get_slice(key).get_shape())
+    _check_keys(name, expected, found, folder)
+    keep_fp32 = _fp32_keys(module)
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(set(files.values())):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                if files.get(key) != path:
+                    continue
+                tensor = f.get_tensor(key)
+                target = tensor.dtype
+                if tensor.is_floating_point():
+                    target = torch.float32 if key in keep_fp32 else dtype
+                # One owned, aligned copy per tensor (the mmap view is released right away), so the
+                # peak is the model plus one tensor and kernels see the same memory as a fresh module.
+                state[key] = tensor.to(device=device, dtype=target, copy=True)
+    module.load_state_dict(state, strict=True, assign=True)
+    _assert_materialized(module, name)
+    log.info("loaded %s from %s (%d tensors)", name, folder, len(state))
+    return module.eval().requires_grad_(False)
+
+
+def _assert_materialized(module: nn.Module, name: str) -> None:
+    """Every tensor must have left the meta device (a non-persistent buffer would not)."""
+    for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_meta:
+            raise CheckpointError(
+                f"component {name!r}: {key!r} is not stored in the checkpoint (bug in mova_train)"
+            )
+
+
+def load_dual_tower(
+    root: str | Path,
+    experts: Iterable[str] = EXPERTS,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> MovaDualTower:
+    """Load the denoiser (chosen video experts, audio tower, bridge) from a release-layout folder."""
+    experts = tuple(experts)
+    parts = {
+        name: load_component(root, name, dtype, device)
+        for name in (*experts, "audio_dit", "dual_tower_bridge")
+    }
+    return MovaDualTower(
+        video_dit=parts.get("video_dit"),
+        audio_dit=parts["audio_dit"],
+        dual_tower_bridge=parts["dual_tower_bridge"],
+        video_dit_2=parts.get("video_dit_2"),
+    )
+
+
+def save_component(
+    module: nn.Module, root: str | Path, name: str, config: Any = None, max_shard_bytes: int | None = None
+) -> Path:
+    """Write ``module`` as ``<root>/<name>/`` in the release layout.
+
+    Args:
+        module: the component.
+        root: checkpoint folder (created if needed).
+        name: component name (subfolder).
+        config: its config dataclass (written as ``config.json`` with ``_class_name``); defaults to the
+            module's own ``config``.
+        max_shard_bytes: split the weights into shards of at most this size (plus an index json).
+
+    Returns:
+        The component folder.
+    """
+    spec = _spec(name)
+    config = config if config is not None else getattr(module, "config", None) or module.cfg
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"_class_name": spec.class_name, **config.to_dict()}
+    (folder / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    for stale in [*folder.glob("diffusion_pytorch_model*.safetensors"), folder / INDEX_NAME]:
+        if stale.exists():
+            stale.unlink()
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        _atomic_save(shards[0], folder / WEIGHTS_NAME)
+        return folder
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        fname = f"diffusion_pytorch_model-{i:05d}-of-{len(shards):05d}.safetensors"
+        _atomic_save(shard, folder / fname)
+        weight_map.update({key: fname for key in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def save_dual_tower(model: MovaDualTower, root: str | Path, max_shard_bytes: int | None = None) -> Path:
+    """Write every present part of ``model`` (experts, audio tower, bridge) plus ``model_index.json``."""
+    root = Path(root)
+    names = [n for n in (*EXPERTS, "audio_dit", "dual_tower_bridge") if getattr(model, n) is not None]
+    for name in names:
+        part = getattr(model, name)
+        save_component(part, root, name, max_shard_bytes=max_shard_bytes)
+    index_path = root / "model_index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"_class_name": "MOVA"}
+    for name in names:
+        index[name] = ["mova_train", COMPONENTS[name].class_name]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return root
