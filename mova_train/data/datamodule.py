@@ -1,0 +1,331 @@
+"""`MovaDataModule`: raw or cached shards -> bucketed batches, with a resumable training stream.
+
+The training stream position is part of the checkpoint: `state_dict()` stores, for every rank and DataLoader
+worker, how many batches that worker had delivered to training, and `load_state_dict()` makes the next
+`train_dataloader` iteration continue right after them (no repeats, no gaps; see `pipeline.TrainStream`).
+
+Video travels from the workers as uint8 (4x less inter-process traffic than float32) and becomes float in [-1, 1]
+in `on_after_batch_transfer`, i.e. on the training device. Do not override `on_after_batch_transfer` in the
+LightningModule: Lightning then skips the datamodule's hook, which also records the stream position.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from mova_train.data.decode import to_model_range
+from mova_train.data.pipeline import STREAM_KEY, StreamConfig, TrainStream, ValStream, resolve_shards
+
+logger = logging.getLogger(__name__)
+
+
+class StreamTracker:
+    """Per-worker stream positions of one rank: batches received from the loader and batches consumed."""
+
+    def __init__(self) -> None:
+        self.received: dict[int, int] = {}
+        self.consumed: dict[int, int] = {}
+        self.counters: dict[int, dict[str, Any]] = {}
+        self.consumed_counters: dict[int, dict[str, Any]] = {}
+        self.num_received = 0
+        self.num_consumed = 0
+        self.hook_active = False
+
+    def record(self, info: dict[str, Any], consumed: bool) -> None:
+        """Note that a worker's batch number `info["batch"]` was received (or consumed by a training step)."""
+        worker = int(info["worker"])
+        counters = {"seen": int(info["seen"]), "skipped": dict(info["skipped"])}
+        if consumed:
+            self.hook_active = True
+            self.num_consumed += 1
+            self.consumed[worker] = int(info["batch"]) + 1
+            self.consumed_counters[worker] = counters
+        else:
+            self.num_received += 1
+            self.received[worker] = int(info["batch"]) + 1
+            self.counters[worker] = counters
+
+    def position(self) -> tuple[dict[int, int], dict[int, dict[str, Any]], int]:
+        """(next batch index per worker, skip counters per worker, batches delivered) to resume from."""
+        if self.hook_active:
+            return dict(self.consumed), dict(self.consumed_counters), self.num_consumed
+        return dict(self.received), dict(self.counters), self.num_received
+
+    def load(self, batches: dict[int, int], counters: dict[int, dict[str, Any]], delivered: int) -> None:
+        """Restore positions (from a checkpoint)."""
+        self.num_received = self.num_consumed = delivered
+        self.received = dict(batches)
+        self.consumed = dict(batches)
+        self.counters = dict(counters)
+        self.consumed_counters = dict(counters)
+
+
+class TrackedLoader(DataLoader):
+    """DataLoader over a `TrainStream` that starts every iteration at the tracked position.
+
+    Args:
+        dataset: The training stream.
+        tracker: Where positions are read and (on receipt) recorded.
+        batches_per_epoch: Stop an iteration after this many batches (None: never stop).
+        **kwargs: DataLoader arguments.
+    """
+
+    def __init__(
+        self, dataset: TrainStream, tracker: StreamTracker, batches_per_epoch: int | None, **kwargs: Any
+    ):
+        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
+        self.tracker = tracker
+        self.batches_per_epoch = batches_per_epoch
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is None:
+            raise TypeError(
+                "the training stream is infinite; set data.batches_per_epoch or trainer.max_steps"
+            )
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches, counters, delivered = self.tracker.position()
+        self.dataset.start_batches = batches
+        self.dataset.start_counters = counters
+        self.dataset.worker_offset = delivered % max(1, self.num_workers)
+        iterator = super().__iter__()
+        if self.batches_per_epoch is not None:
+            iterator = itertools.islice(iterator, self.batches_per_epoch)
+        for batch in iterator:
+            self.tracker.record(batch[STREAM_KEY], consumed=False)
+            yield batch
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class MovaDataModule(LightningDataModule):
+    """Raw (decode clips) or cached (read latents) webdataset shards for MOVA training.
+
+    Args:
+        shards: Training shards: a folder with `index.json`, a glob, a brace pattern or a list.
+        val_shards: Validation shards (same forms); None disables validation.
+        mode: "raw" or "cached".
+        num_frames: Frames per clip (4k + 1) when `buckets` is empty.
+        fps: Target frame rate.
+        height: Output height when `buckets` is empty.
+        width: Output width when `buckets` is empty.
+        sample_rate: Audio rate (Hz).
+        batch_size: Samples per training batch (one bucket per batch).
+        val_batch_size: Samples per validation batch (default `batch_size`).
+        num_workers: DataLoader workers per rank.
+        seed: Training stream seed.
+        missing_audio: "skip" or "silence".
+        max_skip_rate: Stop with an error past this fraction of skipped samples (per worker).
+        skip_rate_min_samples: Samples seen before the rate is checked.
+        buckets: `[height, width, num_frames]` triples for aspect/resolution/length bucketing.
+        shuffle_buffer: Samples in each worker's shuffle buffer.
+        text_len: Text rows after padding (cached mode).
+        batches_per_epoch: Training batches per Lightning epoch (None: infinite, use `max_steps`).
+        video_output: "uint8" (converted on the device) or "float" (converted in the workers).
+    """
+
+    def __init__(
+        self,
+        shards: str | Sequence[str],
+        val_shards: str | Sequence[str] | None = None,
+        mode: str = "raw",
+        num_frames: int = 193,
+        fps: float = 24.0,
+        height: int = 352,
+        width: int = 640,
+        sample_rate: int = 48000,
+        batch_size: int = 1,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        seed: int = 0,
+        missing_audio: str = "skip",
+        max_skip_rate: float = 0.1,
+        skip_rate_min_samples: int = 32,
+        buckets: Sequence[Sequence[int]] | None = None,
+        shuffle_buffer: int = 8,
+        text_len: int = 512,
+        batches_per_epoch: int | None = None,
+        video_output: str = "uint8",
+    ):
+        super().__init__()
+        if mode not in ("raw", "cached"):
+            raise ValueError(f"data.mode must be 'raw' or 'cached', got {mode!r}")
+        if (num_frames - 1) % 4:
+            raise ValueError(f"data.num_frames must be 4k + 1 (e.g. 193), got {num_frames}")
+        for b in buckets or []:
+            if len(b) != 3 or (b[2] - 1) % 4 or b[0] % 16 or b[1] % 16:
+                raise ValueError(f"data.buckets entry {list(b)} must be [height%16, width%16, 4k+1 frames]")
+        self.shards_spec = shards
+        self.val_shards_spec = val_shards
+        self.num_workers = num_workers
+        self.batches_per_epoch = batches_per_epoch
+        self.epoch = 0
+        self.cfg_kwargs = dict(
+            mode=mode,
+            num_frames=num_frames,
+            fps=fps,
+            height=height,
+            width=width,
+            sample_rate=sample_rate,
+            batch_size=batch_size,
+            buckets=[tuple(b) for b in buckets or []],
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            missing_audio=missing_audio,
+            max_skip_rate=max_skip_rate,
+            skip_rate_min_samples=skip_rate_min_samples,
+            video_output=video_output,
+            text_len=text_len,
+        )
+        self.val_batch_size = val_batch_size or batch_size
+        self.tracker = StreamTracker()
+        self.val_stats: dict[int, dict[str, Any]] = {}
+        self.rank, self.world_size = 0, 1
+        self._train: TrainStream | None = None
+        self._val: ValStream | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve shards and build the streams for this rank."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        else:
+            self.rank, self.world_size = _rank_world()
+        train_cfg = StreamConfig(shards=resolve_shards(self.shards_spec), epoch=self.epoch, **self.cfg_kwargs)
+        self._train = TrainStream(train_cfg, self.rank, self.world_size)
+        if self.val_shards_spec is not None:
+            val_kwargs = {**self.cfg_kwargs, "batch_size": self.val_batch_size}
+            val_cfg = StreamConfig(shards=resolve_shards(self.val_shards_spec), **val_kwargs)
+            self._val = ValStream(val_cfg, self.rank, self.world_size)
+
+    def _ensure_setup(self) -> None:
+        if self._train is None:
+            self.setup()
+
+    def train_dataloader(self) -> TrackedLoader:
+        """Infinite (or `batches_per_epoch`-long) loader over the resumable training stream."""
+        self._ensure_setup()
+        assert self._train is not None
+        self._train.cfg.epoch = self.epoch
+        return TrackedLoader(self._train, self.tracker, self.batches_per_epoch, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        """Finite loader: every validation sample once across ranks and workers."""
+        self._ensure_setup()
+        if self._val is None:
+            return []  # type: ignore[return-value]
+        return DataLoader(self._val, batch_size=None, num_workers=self.num_workers)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record the stream position of training batches and map uint8 video to float in [-1, 1]."""
+        return self.finalize_batch(batch, consumed=True)
+
+    def finalize_batch(self, batch: dict[str, Any], consumed: bool = True) -> dict[str, Any]:
+        """Strip the bookkeeping entry (recording it) and convert uint8 pixels to the model range.
+
+        Args:
+            batch: A batch from either loader.
+            consumed: Count a training batch as consumed by a training step.
+
+        Returns:
+            The batch in the layout the model expects (video float `[B, 3, F, H, W]` in [-1, 1]).
+        """
+        info = batch.pop(STREAM_KEY, None)
+        if info is not None:
+            if info.get("split") == "train":
+                self.tracker.record(info, consumed=consumed)
+            else:
+                self.val_stats[int(info["worker"])] = info
+        for name in ("video", "first_frame"):
+            if name in batch and batch[name].dtype == torch.uint8:
+                batch[name] = to_model_range(batch[name])
+        return batch
+
+    def skip_stats(self) -> dict[str, float]:
+        """Training skip metrics of this rank (`data/seen`, `data/skipped`, `data/skip_rate`) for logging."""
+        _, counters, _ = self.tracker.position()
+        seen = sum(c["seen"] for c in counters.values())
+        skipped = sum(sum(c["skipped"].values()) for c in counters.values())
+        return {
+            "data/seen": float(seen),
+            "data/skipped": float(skipped),
+            "data/skip_rate": skipped / max(1, seen),
+        }
+
+    # ------------------------------------------------------------------------------------------- state
+
+    def _local_state(self) -> dict[str, Any]:
+        batches, counters, delivered = self.tracker.position()
+        return {"batches": batches, "counters": counters, "delivered": delivered}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stream positions of every rank (gathered when torch.distributed is initialized)."""
+        local = self._local_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, local)
+            ranks = dict(enumerate(gathered))
+        else:
+            ranks = {self.rank: local}
+        return {
+            "version": 1,
+            "epoch": self.epoch,
+            "seed": self.cfg_kwargs["seed"],
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "ranks": ranks,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training stream where the checkpoint left it.
+
+        A checkpoint from another world size or worker count cannot be continued exactly: the stream then restarts
+        with the next stream epoch (fresh seeds) and a warning.
+        """
+        self.epoch = int(state_dict.get("epoch", 0))
+        rank, world = (self.rank, self.world_size)
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        same_layout = (
+            state_dict.get("world_size") == world
+            and state_dict.get("num_workers") == self.num_workers
+            and state_dict.get("seed") == self.cfg_kwargs["seed"]
+        )
+        if not same_layout:
+            logger.warning(
+                "data state was saved with world_size=%s num_workers=%s seed=%s, now %s/%s/%s: the training stream "
+                "restarts with fresh seeds (stream epoch %d) instead of continuing exactly",
+                state_dict.get("world_size"),
+                state_dict.get("num_workers"),
+                state_dict.get("seed"),
+                world,
+                self.num_workers,
+                self.cfg_kwargs["seed"],
+                self.epoch + 1,
+            )
+            self.epoch += 1
+            self.tracker.load({}, {}, 0)
+            return
+        ranks = state_dict["ranks"]
+        local = ranks.get(rank, ranks.get(str(rank)))
+        if local is None:
+            raise ValueError(
+                f"data state has no entry for rank {rank} (ranks {sorted(ranks)}); checkpoint is corrupt"
+            )
+        batches = {int(k): int(v) for k, v in local["batches"].items()}
+        counters = {int(k): v for k, v in local["counters"].items()}
+        self.tracker.load(batches, counters, int(local.get("delivered", 0)))
+        if self._train is not None:
+            self._train.cfg.epoch = self.epoch
