@@ -42,11 +42,13 @@ class ConditionalCrossAttention(nn.Module):
         y: torch.Tensor,
         x_rope: tuple[torch.Tensor, torch.Tensor] | None,
         y_rope: tuple[torch.Tensor, torch.Tensor] | None,
+        key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             x: ``[B, Lx, dim]`` primary stream (not normalized).
             y: ``[B, Ly, cond_dim]`` condition stream, already normalized.
             x_rope, y_rope: ``(cos, sin)`` ``[1, L, head_dim]`` tables, or None without cross RoPE.
+            key_padding_mask: optional bool mask of real ``y`` tokens (context parallelism only).
 
         Returns:
             ``[B, Lx, dim]``.
@@ -56,7 +58,7 @@ class ConditionalCrossAttention(nn.Module):
         if x_rope is not None and y_rope is not None:
             q = apply_rotate_half_rope(q, *x_rope, self.num_heads)
             k = apply_rotate_half_rope(k, *y_rope, self.num_heads)
-        return self.o(self.attention_core(q, k, self.v(y), self.num_heads))
+        return self.o(self.attention_core(q, k, self.v(y), self.num_heads, key_padding_mask=key_padding_mask))
 
 
 class ConditionalCrossAttentionBlock(nn.Module):
@@ -67,8 +69,8 @@ class ConditionalCrossAttentionBlock(nn.Module):
         self.y_norm = nn.LayerNorm(cond_dim, eps=eps, elementwise_affine=True)
         self.inner = ConditionalCrossAttention(dim, cond_dim, head_dim, eps)
 
-    def forward(self, x, y, x_rope, y_rope) -> torch.Tensor:  # noqa: D102 - shapes as in ``inner``
-        return self.inner(x, self.y_norm(y), x_rope, y_rope)
+    def forward(self, x, y, x_rope, y_rope, key_padding_mask=None) -> torch.Tensor:  # noqa: D102 - as ``inner``
+        return self.inner(x, self.y_norm(y), x_rope, y_rope, key_padding_mask)
 
 
 class DualTowerBridge(nn.Module):
@@ -133,6 +135,8 @@ class DualTowerBridge(nn.Module):
         audio: torch.Tensor,
         rope: BridgeRope | None,
         scale: float = 1.0,
+        visual_mask: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply interaction layer ``layer`` in both directions from the pre-update states.
 
@@ -142,6 +146,7 @@ class DualTowerBridge(nn.Module):
             audio: ``[B, Na, audio_hidden_dim]``.
             rope: tables from :meth:`rope`.
             scale: residual scale (1.0 in the release).
+            visual_mask, audio_mask: optional bool masks of real tokens when used as keys (context parallelism).
 
         Returns:
             Updated ``(visual, audio)``.
@@ -149,6 +154,6 @@ class DualTowerBridge(nn.Module):
         v_rope = a_rope = None
         if rope is not None:
             v_rope, a_rope = rope[:2], rope[2:]
-        a2v = self.audio_to_video_conditioners[layer](visual, audio, v_rope, a_rope)
-        v2a = self.video_to_audio_conditioners[layer](audio, visual, a_rope, v_rope)
+        a2v = self.audio_to_video_conditioners[layer](visual, audio, v_rope, a_rope, audio_mask)
+        v2a = self.video_to_audio_conditioners[layer](audio, visual, a_rope, v_rope, visual_mask)
         return visual + scale * a2v, audio + scale * v2a

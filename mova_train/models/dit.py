@@ -58,11 +58,14 @@ class _Attention(nn.Module):
 class SelfAttention(_Attention):
     """Self-attention with the towers' complex RoPE on q and k."""
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        """Args: x ``[B, L, D]``; freqs ``[L, d/2]`` complex128. Returns ``[B, L, D]``."""
+    def forward(
+        self, x: torch.Tensor, freqs: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args: x ``[B, L, D]``; freqs ``[L, d/2]`` complex128; key_padding_mask: optional bool mask of real
+        keys, passed to ``attention_core`` (context parallelism). Returns ``[B, L, D]``."""
         q = apply_complex_rope(self.norm_q(self.q(x)), freqs, self.num_heads)
         k = apply_complex_rope(self.norm_k(self.k(x)), freqs, self.num_heads)
-        return self.o(self.attention_core(q, k, self.v(x), self.num_heads))
+        return self.o(self.attention_core(q, k, self.v(x), self.num_heads, key_padding_mask=key_padding_mask))
 
 
 class CrossAttention(_Attention):
@@ -91,13 +94,19 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / math.sqrt(dim))
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor, freqs: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        t_mod: torch.Tensor,
+        freqs: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             x: ``[B, L, D]`` residual stream.
             context: ``[B, Lt, D]`` embedded text.
             t_mod: ``[B, 6, D]`` time projection (rows: shift, scale, gate for attention, then for the FFN).
             freqs: ``[L, d/2]`` complex RoPE factors.
+            key_padding_mask: optional bool mask of real self-attention keys (context parallelism only).
 
         Returns:
             ``[B, L, D]``.
@@ -106,7 +115,7 @@ class DiTBlock(nn.Module):
         mod = self.modulation.to(x.dtype) + t_mod.to(x.dtype)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=1)
         h = self.norm1(x) * (1 + scale_a) + shift_a
-        x = x + gate_a * self.self_attn(h, freqs)
+        x = x + gate_a * self.self_attn(h, freqs, key_padding_mask)
         x = x + self.cross_attn(self.norm3(x), context)
         h = self.norm2(x) * (1 + scale_m) + shift_m
         return x + gate_m * self.ffn(h)

@@ -44,6 +44,9 @@ class MovaDualTower(nn.Module):
         self.audio_dit = audio_dit
         self.dual_tower_bridge = dual_tower_bridge
         self.gradient_checkpointing = False
+        # Context parallelism hook (``mova_train.parallel.apply_context_parallel``); None = whole sequences.
+        # Duck-typed: ``shard_stream(tokens, freqs)``, ``shard_bridge_rope(rope)``, ``gather(x, n)``.
+        self.sequence_parallel = None
 
     @property
     def block_classes(self) -> tuple[type[nn.Module], ...]:
@@ -109,16 +112,26 @@ class MovaDualTower(nn.Module):
         v_freqs = vdit.rope_freqs(grid, v.device)
         a_freqs = adit.rope_freqs(a.shape[1], a.device)
         rope = bridge.rope(grid, a.shape[1], video_fps, v.dtype, v.device) if use_bridge else None
+        # Context parallelism: keep this rank's slice of each sequence (and of its RoPE tables).
+        sp, len_v, len_a = self.sequence_parallel, v.shape[1], a.shape[1]
+        v_mask = a_mask = None
+        if sp is not None:
+            v, v_freqs, v_mask = sp.shard_stream(v, v_freqs)
+            a, a_freqs, a_mask = sp.shard_stream(a, a_freqs)
+            rope = sp.shard_bridge_rope(rope)
         # 2. Interleaved blocks: bridge layer i, then video block i and audio block i.
         n_video, n_audio = len(vdit.blocks), len(adit.blocks)
         for i in range(max(n_video, n_audio)):
             if use_bridge and i < bridge.num_layers:
-                v, a = self._run(bridge, i, v, a, rope)
+                v, a = self._run(bridge, i, v, a, rope, 1.0, v_mask, a_mask)
             if i < n_video:
-                v = self._run(vdit.blocks[i], v, v_ctx, v_mod, v_freqs)
+                v = self._run(vdit.blocks[i], v, v_ctx, v_mod, v_freqs, v_mask)
             if i < n_audio:
-                a = self._run(adit.blocks[i], a, a_ctx, a_mod, a_freqs)
-        # 3. Heads.
-        video_velocity = vdit.unpatchify(vdit.head(v, v_emb), grid)
-        audio_velocity = adit.unpatchify(adit.head(a, a_emb))
+                a = self._run(adit.blocks[i], a, a_ctx, a_mod, a_freqs, a_mask)
+        # 3. Heads (per token), then the whole sequences back on every context-parallel rank.
+        v, a = vdit.head(v, v_emb), adit.head(a, a_emb)
+        if sp is not None:
+            v, a = sp.gather(v, len_v), sp.gather(a, len_a)
+        video_velocity = vdit.unpatchify(v, grid)
+        audio_velocity = adit.unpatchify(a)
         return video_velocity, audio_velocity

@@ -1,0 +1,23 @@
+"""Model parallelism helpers that use plain ``torch.distributed`` (no Lightning)."""
+
+from mova_train.parallel.context_parallel import (
+    ContextParallel,
+    UlyssesAttention,
+    allowed_cp_sizes,
+    apply_context_parallel,
+    build_cp_group,
+    check_head_divisibility,
+    gather_sequence,
+    shard_sequence,
+)
+
+__all__ = [
+    "ContextParallel",
+    "UlyssesAttention",
+    "allowed_cp_sizes",
+    "apply_context_parallel",
+    "build_cp_group",
+    "check_head_divisibility",
+    "gather_sequence",
+    "shard_sequence",
+]
