@@ -1,0 +1,340 @@
+"""The LightningModule of MOVA training: a thin shell over the model, the objective and the optimizer.
+
+Randomness: every (micro-)step draws timesteps, noise and caption dropout from a fresh generator seeded by
+``(seed, global rank, micro-step counter)``. The counter is the only RNG state; it is saved in checkpoints,
+so a resumed run draws exactly what the uninterrupted run would have drawn, on every rank.
+
+Checkpoints hold only what changes: the trainable parameters (LoRA and/or fully fine-tuned components), the
+EMA copy, the counter, plus what Lightning adds (optimizer, scheduler, loops, datamodule state). The frozen
+base is rebuilt from its own source and never written (``strict_loading = False``; every trainable key is
+checked on load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from lightning.pytorch import LightningModule
+
+from mova_train.lit.optim import build_param_groups
+from mova_train.models.codecs import MovaEncoders, latents_from_cached
+from mova_train.models.lora import LoraSpec, base_fingerprint, inject_lora, set_trainable
+from mova_train.models.mova import MovaDualTower
+from mova_train.objectives.flow_matching import FlowMatchingObjective, LossOutput
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MovaLitModule"]
+
+CKPT_KEY = "mova_train"
+EMA_PREFIX = "ema_weights."
+
+
+def _seed_for(seed: int, rank: int, counter: int) -> int:
+    return (seed * 0x9E3779B1 + rank * 0x85EBCA77 + counter) % (2**63 - 1)
+
+
+class _EmaWeights(nn.Module):
+    """Float32 EMA copies of the trainable parameters, as buffers (so they follow the device and the
+    state dict). Buffer names are the parameter names with ``.`` replaced by ``__``."""
+
+    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+        super().__init__()
+        for name, p in params.items():
+            self.register_buffer(name.replace(".", "__"), p.detach().float().clone())
+
+    @torch.no_grad()
+    def update(self, params: dict[str, nn.Parameter], decay: float) -> None:
+        for name, p in params.items():
+            getattr(self, name.replace(".", "__")).lerp_(p.detach().float(), 1.0 - decay)
+
+    def get(self, name: str) -> torch.Tensor:
+        return getattr(self, name.replace(".", "__"))
+
+
+class MovaLitModule(LightningModule):
+    """Flow-matching training of the MOVA dual tower (LoRA or full fine-tuning of chosen components).
+
+    Args:
+        model: the dual tower, or a zero-argument factory (called in ``configure_model``).
+        objective: the flow-matching objective.
+        optimizer: ``functools.partial`` taking the parameters (or parameter groups).
+        lr_scheduler: ``functools.partial`` taking the optimizer; stepped once per optimizer step.
+        lora: LoRA spec, or None for no LoRA.
+        full_finetune: components whose base weights train.
+        param_groups: component -> group options (``lr_scale``, ``weight_decay``, ...).
+        encoders: frozen codecs for raw batches (None: batches carry latents).
+        ema_decay: keep an EMA of the trainable weights with this decay (None: off).
+        gradient_checkpointing: recompute DiT blocks and bridge layers in the backward pass.
+        video_fps: pixel frame rate of the training clips (bridge time alignment).
+        seed: base seed of the objective's randomness.
+        timestep_buckets: number of equal t buckets for ``train/loss_t{k}``.
+    """
+
+    def __init__(
+        self,
+        model: MovaDualTower | Callable[[], MovaDualTower],
+        objective: FlowMatchingObjective,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        lora: LoraSpec | None = None,
+        full_finetune: Sequence[str] = (),
+        param_groups: dict[str, dict[str, Any]] | None = None,
+        encoders: MovaEncoders | None = None,
+        ema_decay: float | None = None,
+        gradient_checkpointing: bool = False,
+        video_fps: float = 24.0,
+        seed: int = 0,
+        timestep_buckets: int = 4,
+    ) -> None:
+        super().__init__()
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+        if timestep_buckets < 1:
+            raise ValueError(f"timestep_buckets must be >= 1, got {timestep_buckets}")
+        self.strict_loading = False
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lora = lora
+        self.full_finetune = list(full_finetune)
+        self.param_groups = param_groups
+        self.encoders = encoders
+        self.ema_decay = ema_decay
+        self.gradient_checkpointing = gradient_checkpointing
+        self.video_fps = float(video_fps)
+        self.seed = int(seed)
+        self.timestep_buckets = int(timestep_buckets)
+        self.micro_step = 0
+        self.trainable_names: list[str] = []
+        self.ema_weights: _EmaWeights | None = None
+        self._fingerprint: str | None = None
+        self._last_time: float | None = None
+        self._ema_step = -1
+        if isinstance(model, nn.Module):
+            self.model: MovaDualTower | None = model
+            self._model_factory = None
+            self._prepare_model()
+        else:
+            self.model = None
+            self._model_factory = model
+
+    # --------------------------------------------------------------------------------------- model setup
+
+    def configure_model(self) -> None:
+        """Build the model from its factory (once), inject LoRA and set what trains."""
+        if self.model is None:
+            assert self._model_factory is not None
+            self.model = self._model_factory()
+            self._prepare_model()
+
+    def _prepare_model(self) -> None:
+        model = self.model
+        assert model is not None
+        for expert in self.objective.selector.experts:
+            model.expert(expert)  # raises a clear error if the expert this run trains is not loaded
+        self._fingerprint = base_fingerprint(model)
+        if self.lora is not None:
+            inject_lora(model, self.lora)
+        set_trainable(model, self.lora, self.full_finetune)
+        self.trainable_names = [f"model.{n}" for n, p in model.named_parameters() if p.requires_grad]
+        if self.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
+        if self.ema_decay is not None:
+            self.ema_weights = _EmaWeights(self._trainable())
+        if self.encoders is not None:
+            self.objective.null_context = self.encoders.null_context()
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        log.info("trainable parameters: %d of %d (%.3f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
+
+    def _trainable(self) -> dict[str, nn.Parameter]:
+        params = dict(self.named_parameters())
+        return {n: params[n] for n in self.trainable_names}
+
+    @property
+    def base_fingerprint(self) -> str:
+        """Fingerprint of the base weights, taken before LoRA injection."""
+        return self._fingerprint or ""
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def _generator(self, counter: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_seed_for(self.seed, self.global_rank, counter))
+        return gen
+
+    def latents(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The objective's latent dict from a raw (encoders) or cached batch."""
+        if self.encoders is not None:
+            return self.encoders.encode_batch(batch)
+        return latents_from_cached(batch)
+
+    def _step(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> tuple[LossOutput, dict]:
+        assert self.model is not None, "configure_model() was not called"
+        lat = self.latents(batch)
+        out = self.objective(self.model, lat, step=step, generator=generator, video_fps=self.video_fps)
+        return out, lat
+
+    def _tokens_per_sample(self, lat: dict[str, torch.Tensor]) -> int:
+        v = lat["video_latents"]
+        pt, ph, pw = self._video_patch()
+        return (v.shape[2] // pt) * (v.shape[3] // ph) * (v.shape[4] // pw) + lat["audio_latents"].shape[-1]
+
+    def _video_patch(self) -> tuple[int, int, int]:
+        tower = self.model.video_dit if self.model.video_dit is not None else self.model.video_dit_2
+        return tuple(tower.patch_size)  # type: ignore[return-value]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One micro-batch: loss, metrics, throughput."""
+        out, lat = self._step(batch, self.global_step, self._generator(self.micro_step))
+        self.micro_step += 1
+        bsz = int(lat["video_latents"].shape[0])
+        self._log_losses("train", out, bsz)
+        self._log_buckets(out, bsz)
+        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if opt is not None:
+            for i, group in enumerate(opt.param_groups):
+                name = "train/lr" if i == 0 else f"train/lr_{group.get('name', i)}"
+                self.log(name, float(group["lr"]), on_step=True, on_epoch=False, batch_size=bsz)
+        now = time.perf_counter()
+        if self._last_time is not None:
+            dt = max(now - self._last_time, 1e-9)
+            self.log("train/samples_per_s", bsz / dt, on_step=True, on_epoch=False, batch_size=bsz)
+            tokens = bsz * self._tokens_per_sample(lat)
+            self.log("train/tokens_per_s", tokens / dt, on_step=True, on_epoch=False, batch_size=bsz)
+        self._last_time = now
+        skipped = self._skipped(batch)
+        if skipped is not None:
+            self.log("train/skipped_samples", skipped, on_step=True, on_epoch=False, batch_size=bsz)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Validation loss with fixed randomness per batch index (comparable across evaluations)."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(_seed_for(self.seed + 1, self.global_rank, batch_idx))
+        out, lat = self._step(batch, batch_idx, gen)
+        self._log_losses("val", out, int(lat["video_latents"].shape[0]))
+        return out.loss
+
+    def _log_losses(self, stage: str, out: LossOutput, bsz: int) -> None:
+        on_step = stage == "train"
+        kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=bsz, sync_dist=not on_step)
+        self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **kw)
+        self.log(f"{stage}/loss_video", out.loss_video.detach(), **kw)
+        self.log(f"{stage}/loss_audio", out.loss_audio.detach(), **kw)
+
+    def _log_buckets(self, out: LossOutput, bsz: int) -> None:
+        n = self.timestep_buckets
+        per = (out.per_sample_video + out.per_sample_audio).float()
+        bucket = (out.timesteps.float() / self.objective.num_train * n).long().clamp(0, n - 1)
+        for k in sorted(set(bucket.tolist())):
+            sel = bucket == k
+            self.log(
+                f"train/loss_t{k}", per[sel].mean(), on_step=True, on_epoch=False, batch_size=int(sel.sum())
+            )
+
+    def _skipped(self, batch: dict[str, Any]) -> float | None:
+        if isinstance(batch, dict) and "skipped" in batch:
+            value = batch["skipped"]
+            return float(value.sum()) if isinstance(value, torch.Tensor) else float(value)
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "skip_stats"):
+            return float(dm.skip_stats().get("data/skipped", 0.0))
+        return None
+
+    # ---------------------------------------------------------------------------------------- EMA
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the EMA after each optimizer step (not after accumulation micro-steps)."""
+        if self.ema_weights is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
+            self.ema_weights.update(self._trainable(), self.ema_decay)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def ema_swapped(self) -> Iterator[None]:
+        """Temporarily put the EMA weights into the trainable parameters (no-op without EMA)."""
+        if self.ema_weights is None:
+            yield
+            return
+        params = self._trainable()
+        saved = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.ema_weights.get(n).to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(saved[n])
+
+    # -------------------------------------------------------------------------------------- optimizer
+
+    def configure_optimizers(self) -> Any:
+        """The optimizer over trainable parameters (grouped per component) and a per-step LR scheduler."""
+        assert self.model is not None
+        base_lr = None
+        if isinstance(self.optimizer_factory, functools.partial):
+            base_lr = self.optimizer_factory.keywords.get("lr")
+        if base_lr is None and self.param_groups:
+            raise ValueError("param_groups need the optimizer's lr to be set (e.g. optimizer.lr=1e-4)")
+        if base_lr is not None:
+            params: Any = build_param_groups(self.model, float(base_lr), self.param_groups)
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights and the EMA in the checkpoint's state dict; add the RNG counter."""
+        keep = set(self.trainable_names)
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in keep or k.startswith(EMA_PREFIX)
+        }
+        checkpoint[CKPT_KEY] = {
+            "version": 1,
+            "micro_step": self.micro_step,
+            "trainable": list(self.trainable_names),
+            "lora": self.lora.to_dict() if self.lora is not None else None,
+            "full_finetune": list(self.full_finetune),
+            "base_fingerprint": self.base_fingerprint,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint holds every trainable weight of this run and restore the RNG counter."""
+        state = checkpoint.get("state_dict", {})
+        missing = [k for k in self.trainable_names if k not in state]
+        if missing:
+            raise KeyError(
+                f"checkpoint lacks {len(missing)} trainable weights (e.g. {missing[:3]}); it was written by a run "
+                f"with other lora/full_finetune settings"
+            )
+        if self.ema_weights is not None:
+            ema_missing = [k for k in self.ema_weights.state_dict() if EMA_PREFIX + k not in state]
+            if ema_missing:
+                log.warning("checkpoint has no EMA weights; EMA restarts from the loaded weights")
+                for k in self.trainable_names:
+                    state[EMA_PREFIX + k.replace(".", "__")] = state[k].float()
+        meta = checkpoint.get(CKPT_KEY, {})
+        self.micro_step = int(meta.get("micro_step", 0))
+        saved_fp = meta.get("base_fingerprint")
+        if saved_fp and self.base_fingerprint and saved_fp != self.base_fingerprint:
+            log.warning(
+                "checkpoint was trained on another base (fingerprint %s, now %s)", saved_fp, self._fingerprint
+            )

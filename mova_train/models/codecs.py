@@ -1,0 +1,155 @@
+"""The frozen encoders of online (raw-clip) training: video VAE, audio VAE (DAC) and text encoder.
+
+:class:`MovaEncoders` turns a raw batch from the datamodule (``video``, ``first_frame``, ``audio``,
+``caption``) into the latent dict the objective consumes; in cached mode the datamodule already yields
+latents and :func:`latents_from_cached` only renames the fields. Every encoder is frozen and runs without
+gradients (spec §7.4).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:  # the codecs pull in diffusers / transformers: import them only when built
+    from mova_train.models.dac import DAC
+    from mova_train.models.text_encoder import MovaTextEncoder
+    from mova_train.models.video_vae import WanVideoVAE
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MovaEncoders", "latents_from_cached", "tiny_encoders"]
+
+
+def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Map a cached-mode batch (``video_latents``, ``cond_latents``, ``audio_latents``, ``text_embeds``,
+    ``audio_mask``) to the objective's names (``video_latents``, ``cond``, ``audio_latents``, ``context``,
+    ``audio_mask``). Batches already in the objective's layout pass through."""
+    out: dict[str, torch.Tensor] = {}
+    for src, dst in (
+        ("video_latents", "video_latents"),
+        ("cond_latents", "cond"),
+        ("cond", "cond"),
+        ("audio_latents", "audio_latents"),
+        ("text_embeds", "context"),
+        ("context", "context"),
+        ("audio_mask", "audio_mask"),
+    ):
+        if src in batch:
+            out[dst] = batch[src]
+    missing = {"video_latents", "cond", "audio_latents", "context"} - set(out)
+    if missing:
+        raise KeyError(
+            f"batch lacks {sorted(missing)} (has {sorted(batch)}); a raw batch (video/audio/caption) needs "
+            f"`encoders` on the module, a cached batch needs video_latents/cond_latents/audio_latents/text_embeds"
+        )
+    return out
+
+
+class MovaEncoders(nn.Module):
+    """Frozen video VAE, audio VAE and text encoder (each optional).
+
+    Args:
+        video_vae: encodes ``video [B, 3, F, H, W]`` and the first-frame condition.
+        audio_vae: DAC; encodes ``audio [B, 1, S]`` to its posterior mean.
+        text_encoder: encodes the captions to ``[B, Lt, D]``.
+    """
+
+    def __init__(
+        self,
+        video_vae: WanVideoVAE | None = None,
+        audio_vae: DAC | None = None,
+        text_encoder: MovaTextEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        self.video_vae = video_vae
+        self.audio_vae = audio_vae
+        self.text_encoder = text_encoder
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> MovaEncoders:
+        """The encoders always stay in eval mode."""
+        return super().train(False)
+
+    def _need(self, name: str, field: str) -> nn.Module:
+        module = getattr(self, name)
+        if module is None:
+            raise ValueError(f"batch field {field!r} needs encoders.{name}, which is not configured")
+        return module
+
+    @torch.no_grad()
+    def null_context(self) -> torch.Tensor | None:
+        """The encoded empty prompt ``[Lt, D]`` (unconditional context for caption dropout), or None."""
+        if self.text_encoder is None:
+            return None
+        return self.text_encoder.encode([""])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Encode a raw batch; latent fields already present are kept as they are.
+
+        Args:
+            batch: ``video [B, 3, F, H, W]`` in [-1, 1], optional ``first_frame [B, 3, H, W]`` (default: frame 0),
+                ``audio [B, 1, S]``, ``caption`` list of B strings, optional ``audio_mask`` bool ``[B]``; or the
+                cached-mode fields (see :func:`latents_from_cached`).
+
+        Returns:
+            ``video_latents [B, z, T', H/8, W/8]``, ``cond [B, 4 + z, T', H/8, W/8]``, ``audio_latents [B, Ca, L]``,
+            ``context [B, Lt, D]`` and ``audio_mask`` when given.
+        """
+        out = dict(batch)
+        if "video" in batch and "video_latents" not in batch:
+            vae = self._need("video_vae", "video")
+            video = batch["video"]
+            out["video_latents"] = vae.encode(video)
+            first = batch.get("first_frame", video[:, :, 0])
+            out["cond"] = vae.encode_first_frame_condition(first, video.shape[2])
+        if "audio" in batch and "audio_latents" not in batch:
+            dac = self._need("audio_vae", "audio")
+            out["audio_latents"] = dac.encode(batch["audio"])
+        if "caption" in batch and "context" not in batch and "text_embeds" not in batch:
+            te = self._need("text_encoder", "caption")
+            context = te.encode(list(batch["caption"]))
+            ref = out.get("video_latents")
+            out["context"] = context if ref is None else context.to(ref.device)
+        return latents_from_cached(out)
+
+
+def tiny_encoders(seed: int = 0, text_len: int = 16) -> MovaEncoders:
+    """Random tiny codecs whose latents fit ``mova_tiny()``: video z = 4, audio latent 8, text dim 32.
+
+    The video VAE compresses 4x in time and 8x in space; the DAC hop is 8 samples (sample rate 1600).
+    """
+    from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
+    from mova_train.models.dac import DAC
+    from mova_train.models.text_encoder import MovaTextEncoder
+    from mova_train.models.video_vae import WanVideoVAE
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        video_vae = WanVideoVAE(
+            VideoVAEConfig(
+                base_dim=8,
+                z_dim=4,
+                dim_mult=[1, 2, 2, 2],
+                num_res_blocks=1,
+                latents_mean=[0.0] * 4,
+                latents_std=[1.0] * 4,
+            )
+        )
+        audio_vae = DAC(
+            DACConfig(
+                encoder_dim=4,
+                encoder_rates=[2, 4],
+                latent_dim=8,
+                decoder_dim=16,
+                decoder_rates=[4, 2],
+                sample_rate=1600,
+            )
+        )
+    text_encoder = MovaTextEncoder.tiny(d_model=32, max_length=text_len, seed=seed)
+    return MovaEncoders(video_vae=video_vae, audio_vae=audio_vae, text_encoder=text_encoder)
