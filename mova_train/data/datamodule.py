@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -203,12 +204,24 @@ class MovaDataModule(LightningDataModule):
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         else:
             self.rank, self.world_size = _rank_world()
-        train_cfg = StreamConfig(shards=resolve_shards(self.shards_spec), epoch=self.epoch, **self.cfg_kwargs)
+        train_shards = resolve_shards(self.shards_spec)
+        if self.cfg_kwargs["mode"] == "cached":
+            self._check_caches(train_shards)
+        train_cfg = StreamConfig(shards=train_shards, epoch=self.epoch, **self.cfg_kwargs)
         self._train = TrainStream(train_cfg, self.rank, self.world_size)
         if self.val_shards_spec is not None:
             val_kwargs = {**self.cfg_kwargs, "batch_size": self.val_batch_size}
             val_cfg = StreamConfig(shards=resolve_shards(self.val_shards_spec), **val_kwargs)
             self._val = ValStream(val_cfg, self.rank, self.world_size)
+
+    def _check_caches(self, shards: Sequence[str]) -> None:
+        """Refuse a latent cache encoded with other settings than this run's (before any training starts)."""
+        from mova_train.data.cache import check_cache
+
+        wanted = {k: self.cfg_kwargs[k] for k in ("num_frames", "height", "width", "fps", "sample_rate")}
+        for folder in sorted({str(Path(s).parent) for s in shards}):
+            if (Path(folder) / "index.json").is_file():
+                check_cache(folder, settings=wanted)
 
     def _ensure_setup(self) -> None:
         if self._train is None:

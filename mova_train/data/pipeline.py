@@ -312,26 +312,23 @@ def raw_stage(
 def cached_stage(
     batch: list[dict[str, Any]], cfg: StreamConfig, counter: SkipCounter
 ) -> list[dict[str, Any]]:
-    """Stage 4 (cached): read `latents.safetensors` (no decoding, no encoders); zero-pad text to `text_len`."""
-    from safetensors.torch import load
+    """Stage 4 (cached): read `latents.safetensors` (no decoding, no encoders); zero-pad text to `text_len`;
+    rebuild the 4 mask channels of the first-frame condition (`cond` = `[4 + z, T', H', W']`)."""
+    from mova_train.data.cache import cond_with_mask, read_cached_sample
 
     out = []
     for sample in batch:
         where = f"{sample.get('__url__')}:{sample.get('__key__')}"
         try:
             record = parse_record(sample)
-            tensors = load(sample["latents.safetensors"])
-            text = tensors["text_embeds"].float()
-            n_tokens = min(text.shape[0], cfg.text_len)
-            padded = text.new_zeros(cfg.text_len, text.shape[1])
-            padded[:n_tokens] = text[:n_tokens]
+            cached = read_cached_sample(sample["latents.safetensors"], record, text_len=cfg.text_len)
             item = {
-                "video_latents": tensors["video_latents"].float(),
-                "cond_latents": tensors["cond_latents"].float(),
-                "audio_latents": tensors["audio_latents"].float(),
-                "text_embeds": padded,
-                "text_lens": n_tokens,
-                "audio_mask": bool(record.get("audio_mask", record.get("has_audio", True))),
+                "video_latents": cached["video_latents"].float(),
+                "cond": cond_with_mask(cached["cond_latents"].float()),
+                "audio_latents": cached["audio_latents"].float(),
+                "text_embeds": cached["text_embeds"].float(),
+                "text_lens": cached["text_lens"],
+                "audio_mask": cached["audio_mask"],
             }
         except Exception as err:  # corrupt safetensors bytes raise several error types
             counter.skip("cache_error", where, f"{type(err).__name__}: {err}")

@@ -25,13 +25,12 @@ __all__ = ["MovaEncoders", "latents_from_cached", "tiny_encoders"]
 
 
 def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Map a cached-mode batch (``video_latents``, ``cond_latents``, ``audio_latents``, ``text_embeds``,
-    ``audio_mask``) to the objective's names (``video_latents``, ``cond``, ``audio_latents``, ``context``,
-    ``audio_mask``). Batches already in the objective's layout pass through."""
+    """Map a cached-mode batch (``video_latents``, ``cond`` (mask + condition latent), ``audio_latents``,
+    ``text_embeds``, ``audio_mask``) to the objective's names (``video_latents``, ``cond``, ``audio_latents``,
+    ``context``, ``audio_mask``). Batches already in the objective's layout pass through."""
     out: dict[str, torch.Tensor] = {}
     for src, dst in (
         ("video_latents", "video_latents"),
-        ("cond_latents", "cond"),
         ("cond", "cond"),
         ("audio_latents", "audio_latents"),
         ("text_embeds", "context"),
@@ -44,7 +43,7 @@ def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     if missing:
         raise KeyError(
             f"batch lacks {sorted(missing)} (has {sorted(batch)}); a raw batch (video/audio/caption) needs "
-            f"`encoders` on the module, a cached batch needs video_latents/cond_latents/audio_latents/text_embeds"
+            f"`encoders` on the module, a cached batch needs video_latents/cond/audio_latents/text_embeds"
         )
     return out
 

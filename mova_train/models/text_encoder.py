@@ -11,7 +11,6 @@ tests (environment.md gotcha 16).
 from __future__ import annotations
 
 import html
-import json
 import logging
 import re
 from pathlib import Path
@@ -52,27 +51,32 @@ def prompt_clean(text: str) -> str:
 
 
 def train_tiny_tokenizer(vocab_size: int = 256, corpus: tuple[str, ...] = _TINY_CORPUS) -> T5Tokenizer:
-    """Train a small Unigram tokenizer in process (no network) and wrap it as a T5 tokenizer.
+    """Build a small, deterministic Unigram tokenizer in process (no network) wrapped as a T5 tokenizer.
 
-    Special tokens follow T5: `<pad>` = 0, `</s>` = 1, `<unk>` = 2. The trainer may stop below `vocab_size`
-    on the tiny corpus.
+    The vocabulary is derived from ``corpus`` without a trainer (the tokenizers Unigram trainer breaks score
+    ties differently from run to run, which would make tiny-model caches irreproducible): the special
+    tokens, every printable ASCII character (alone and word-initial with ``▁``), then the most frequent
+    corpus words, scored by their log frequency. Special tokens follow T5: `<pad>` = 0, `</s>` = 1, `<unk>` = 2.
 
     Args:
-        vocab_size: requested vocabulary size.
-        corpus: training sentences.
+        vocab_size: maximum vocabulary size (characters are always kept, words fill the rest).
+        corpus: sentences whose words become whole-word pieces.
 
     Returns:
         a `T5Tokenizer` (tokenizers-backed) with no extra ids.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    import math
+    import string
+    from collections import Counter
 
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator(list(corpus) * 4, trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    words = Counter(w for line in corpus for w in line.lower().split())
+    total = sum(words.values()) or 1
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(piece, -12.0) for c in chars for piece in (c, "\u2581" + c)]
+    room = max(vocab_size - len(vocab), 0)
+    ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:room]
+    vocab += [("\u2581" + w, math.log(n / total)) for w, n in ranked]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 

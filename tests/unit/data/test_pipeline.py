@@ -10,6 +10,7 @@ import torch
 
 from data_tools.build_shards import build_shards
 from data_tools.make_synthetic import make_clip
+from mova_train.data.cache import cond_with_mask
 from mova_train.data.datamodule import MovaDataModule
 from mova_train.data.pipeline import (
     STREAM_KEY,
@@ -195,7 +196,7 @@ def test_cached_mode_reads_latents_without_decoding(tmp_path):
     assert batch["text_lens"].tolist() == [3, 4, 5] and batch["audio_mask"].tolist() == [True, False, True]
     for i, t in enumerate(expected):
         assert torch.equal(batch["video_latents"][i], t["video_latents"].float())
-        assert torch.equal(batch["cond_latents"][i], t["cond_latents"].float())
+        assert torch.equal(batch["cond"][i], cond_with_mask(t["cond_latents"].float()))
         assert torch.equal(batch["text_embeds"][i, : 3 + i], t["text_embeds"].float())
         assert not batch["text_embeds"][i, 3 + i :].any()
     assert "video" not in batch

@@ -1,0 +1,68 @@
+"""Memory estimate: parameter bytes vs. the meta-device model, sharding and offload."""
+
+import pytest
+
+from mova_train.estimate.flops import component_params, token_counts
+from mova_train.estimate.memory import _weight_bytes, estimate_memory
+from mova_train.estimate.report import estimate_run, format_estimate
+from mova_train.models.builders import build_dual_tower, mova_release, release_config, tiny_config
+
+TOK = token_counts(193, 352, 640)
+
+
+def test_parameter_bytes_match_meta_model():
+    cfg = release_config()
+    model = mova_release(experts=("video_dit",))  # meta device, bf16 (time MLPs float32)
+    assert component_params(cfg, "video_dit")[0] == 14_288_901_184
+    for comp in ("video_dit", "audio_dit", "dual_tower_bridge"):
+        params = list(getattr(model, comp).parameters())
+        assert component_params(cfg, comp)[0] == sum(p.numel() for p in params)
+        assert _weight_bytes(cfg, comp, "bf16") == sum(p.numel() * p.element_size() for p in params)
+
+
+def test_tiny_parameter_counts_match():
+    cfg = tiny_config(video_dim=48, audio_dim=32, head_dim=16, num_layers=3)
+    model = build_dual_tower(cfg, experts=("video_dit",), device="meta")
+    for comp in ("video_dit", "audio_dit", "dual_tower_bridge"):
+        assert component_params(cfg, comp)[0] == sum(p.numel() for p in getattr(model, comp).parameters())
+
+
+def test_fsdp_divides_weights_and_optimizer_by_dp():
+    cfg = release_config()
+    kw = dict(trainable_params=10_000_000, optimizer="adamw")
+    single = estimate_memory(cfg, TOK, strategy="ddp", **kw)
+    fsdp = estimate_memory(cfg, TOK, strategy="fsdp2", dp=8, **kw)
+    for row in ("weights: video experts", "optimizer state (adamw)", "gradients (fp32)"):
+        assert fsdp.get(row) == pytest.approx(single.get(row) / 8)
+    assert single.get("weights: video experts") == 2 * _weight_bytes(cfg, "video_dit", "bf16")
+
+
+def test_offload_and_cp_shrink_the_device_total():
+    cfg = release_config()
+    full = estimate_memory(cfg, TOK, experts_loaded=1)
+    off = estimate_memory(cfg, TOK, experts_loaded=1, strategy="offload", offload_blocks=2)
+    assert off.device_total < full.device_total - 25 * 1024**3
+    assert off.host_total >= _weight_bytes(cfg, "video_dit", "bf16")
+    cp = estimate_memory(cfg, TOK, experts_loaded=1, cp=4)
+    assert cp.get("checkpoint inputs") == pytest.approx(full.get("checkpoint inputs") / 4)
+    assert (
+        estimate_memory(cfg, TOK, optimizer="adamw8bit", trainable_params=100).get(
+            "optimizer state (adamw8bit)"
+        )
+        == 200
+    )
+    with pytest.raises(ValueError, match="strategy"):
+        estimate_memory(cfg, TOK, strategy="zero3")
+
+
+def test_estimate_run_and_format():
+    est = estimate_run(
+        release_config(),
+        experts=("video_dit_2",),
+        lora_rank=16,
+        lora_targets={"video_dit_2": ["self_attn.q"]},
+    )
+    assert est.params_active == est.params_total
+    assert est.params_trainable == 40 * 16 * (5120 + 5120)
+    text = format_estimate(est, "release 360p")
+    assert "43,120" in text and "GiB" in text and "PFLOP" in text
