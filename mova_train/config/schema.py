@@ -1,0 +1,181 @@
+"""Structured-config schemas for the Hydra entry point, stored in Hydra's ConfigStore.
+
+They are pulled in through defaults lists (`conf/train.yaml` starts with `base_train`, every `conf/data/*.yaml` with
+`base_data`, every `conf/trainer/*.yaml` with `base_trainer`), so that
+
+- a misspelled key, on the command line or in a YAML file, fails at composition with Hydra's own message
+  (``Could not override 'seeed'`` / ``Key 'max_stpes' not in 'TrainerConfig'``);
+- a value of the wrong type fails at composition too (``seed=abc``).
+
+Keys typed `Any` hold a config group whose options point `_target_` at different classes (model, strategy,
+optimizer, ...); their own options are checked when they are instantiated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+__all__ = ["DataConfig", "SyntheticDataConfig", "TrainConfig", "TrainerConfig", "register_configs"]
+
+
+@dataclass
+class SyntheticDataConfig:
+    """How the embedded synthetic dataset is generated when its shards are missing (`data.synthetic`).
+
+    Attributes:
+        root: Folder of the dataset: clips go to `root/clips`, shards to `root/shards`.
+        count: Number of clips.
+        width: Frame width in pixels.
+        height: Frame height in pixels.
+        fps: Frame rate of the clips.
+        seconds: Clip length (at least `num_frames / fps` of the data config).
+        sample_rate: Audio sample rate in Hz.
+        seed: Seed of the generator (shapes, colours, motion).
+    """
+
+    root: str = MISSING
+    count: int = 8
+    width: int = 64
+    height: int = 64
+    fps: float = 12.0
+    seconds: float = 1.5
+    sample_rate: int = 48000
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """`MovaDataModule` arguments (see `mova_train.data.datamodule.MovaDataModule` for their meaning).
+
+    `synthetic` is not a datamodule argument: when set, the entry point generates the synthetic dataset there if
+    its shards are missing, then drops the key before instantiation.
+    """
+
+    _target_: str = "mova_train.data.datamodule.MovaDataModule"
+    shards: Any = MISSING
+    val_shards: Any = None
+    mode: str = "raw"
+    num_frames: int = 193
+    fps: float = 24.0
+    height: int = 352
+    width: int = 640
+    sample_rate: int = 48000
+    batch_size: int = 1
+    val_batch_size: int | None = None
+    num_workers: int = 2
+    seed: int = 0
+    missing_audio: str = "skip"
+    max_skip_rate: float = 0.1
+    skip_rate_min_samples: int = 32
+    buckets: list[list[int]] | None = None
+    shuffle_buffer: int = 8
+    text_len: int = 512
+    batches_per_epoch: int | None = None
+    video_output: str = "uint8"
+    synthetic: SyntheticDataConfig | None = None
+
+
+@dataclass
+class TrainerConfig:
+    """The `lightning.pytorch.Trainer` arguments the recipes use (typos fail; add a field to use a new one).
+
+    `accelerator`, `devices`, `num_nodes`, `enable_progress_bar`, `log_every_n_steps` do not change results.
+    `strategy`, `logger`, `callbacks` and `plugins` come from their own groups and are passed by the entry point.
+    """
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_steps: int = -1
+    min_steps: int | None = None
+    max_epochs: int | None = None
+    max_time: Any = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_predict_batches: Any = None
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    profiler: Any = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    detect_anomaly: bool = False
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    enable_checkpointing: bool | None = None
+    use_distributed_sampler: bool = True
+    inference_mode: bool = True
+    default_root_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Top level of `conf/train.yaml`.
+
+    Attributes:
+        task_name: Names the output folder (`outputs/<task_name>/...`) and the W&B group default.
+        seed: Global seed (`lightning.seed_everything`), also the default seed of the model init and the data stream.
+        tags: Free-form tags for the loggers.
+        ckpt_path: Resume from this Lightning checkpoint; `last` resumes from the run's newest checkpoint.
+        show: Build the model on the meta device, log parameter counts and a memory estimate, and exit.
+        sample_after_fit: Sample one clip to mp4 after training (needs the sampler pieces, see `train.py`).
+        monitor: The metric `train()` returns (what a Hydra sweeper optimizes), e.g. `train/loss` or `val/loss`.
+        float32_matmul_precision: `torch.set_float32_matmul_precision` (`highest`, `high`, `medium`).
+        model: `denoiser` (and `meta_denoiser`, `encoders`) configs, from `conf/model/`.
+        lora: A `LoraSpec` config or null (full fine-tune of `module.full_finetune`), from `conf/lora/`.
+        data: The datamodule, from `conf/data/` (schema `DataConfig`).
+        strategy: A Lightning strategy config (`_target_`) or `{name: auto}`, from `conf/strategy/`.
+        optimizer: A partial optimizer, from `conf/optimizer/`.
+        scheduler: A partial LR scheduler or null, from `conf/scheduler/`.
+        objective: The flow-matching objective, from `conf/objective/`.
+        module: The LightningModule's remaining arguments (`_target_`, EMA, gradient checkpointing, ...).
+        trainer: Trainer arguments, from `conf/trainer/` (schema `TrainerConfig`).
+        logger: Mapping name -> logger config (empty: no logger), from `conf/logger/`.
+        callbacks: Mapping name -> callback config, from `conf/callbacks/`.
+        plugins: Mapping name -> Trainer plugin config (e.g. checkpoint IO).
+        paths: Data, checkpoint and output locations, from `conf/paths/`.
+        sample: Settings of the after-fit sample (prompt, steps, guidance).
+    """
+
+    task_name: str = "train"
+    seed: int = 0
+    tags: list[str] = field(default_factory=list)
+    ckpt_path: str | None = None
+    show: bool = False
+    sample_after_fit: bool = False
+    monitor: str = "train/loss"
+    float32_matmul_precision: str | None = None
+    model: Any = MISSING
+    lora: Any = None
+    data: Any = MISSING
+    strategy: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    objective: Any = MISSING
+    module: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    plugins: Any = None
+    paths: Any = MISSING
+    sample: Any = None
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent; called on import of `mova_train.config`)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_train", node=TrainConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)

@@ -1,0 +1,425 @@
+"""`train(cfg)`: everything between a composed Hydra config and a finished run.
+
+Order: check the config (cheap, before anything heavy) -> seed -> (`show=true`: build on meta, report, exit) ->
+generate the embedded synthetic dataset if it is missing -> datamodule, model, LightningModule, callbacks, loggers,
+strategy, Trainer -> `trainer.fit` (resumable with `ckpt_path`; the `lora_export` callback writes the LoRA) ->
+optionally sample one clip.
+Returns the `cfg.monitor` metric so that a Hydra sweeper can optimize it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mova_train.utils.logging import RankedLogger, global_rank
+
+log = RankedLogger(__name__, rank_zero_only=True)
+
+__all__ = ["ConfigError", "build_module", "check_config", "ensure_synthetic_data", "model_report", "train"]
+
+
+class ConfigError(ValueError):
+    """A composed config cannot work; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast, before data or weights are touched, on settings that cannot work.
+
+    Raises:
+        ConfigError: naming the offending key and how to fix it.
+    """
+    data = cfg.data
+    if (int(data.num_frames) - 1) % 4:
+        raise ConfigError(f"data.num_frames={data.num_frames} must be 4k + 1 (e.g. 17, 97, 193)")
+    for key in ("height", "width"):
+        if int(data[key]) % 16:
+            raise ConfigError(f"data.{key}={data[key]} must be divisible by 16 (e.g. 352x640, 720x1280)")
+    if data.mode not in ("raw", "cached"):
+        raise ConfigError(f"data.mode={data.mode!r} must be 'raw' or 'cached'")
+    if data.mode == "raw" and not cfg.model.get("encoders"):
+        raise ConfigError(
+            "data.mode=raw needs model.encoders to turn clips into latents; use cached data "
+            "(data=shards_cached) or set model.encoders"
+        )
+    root = cfg.model.get("root")
+    if root is not None and not cfg.show and not Path(root).is_dir():
+        raise ConfigError(
+            f"model.root={root} does not exist: download the release checkpoint there or set "
+            f"paths.checkpoint_dir=/path/holding/MOVA-360p (or model.root=...)"
+        )
+    if cfg.lora is None and not cfg.module.get("full_finetune"):
+        raise ConfigError(
+            "lora=none trains nothing: set module.full_finetune=[dual_tower_bridge] (or pick a lora)"
+        )
+    devices = cfg.trainer.get("devices")
+    if _is_multirun() and devices not in (1, "1", None) and cfg.trainer.accelerator != "cpu":
+        log.warning(
+            "multirun with trainer.devices=%s: every DDP rank re-runs the sweep; use one device per job",
+            devices,
+        )
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def ensure_synthetic_data(cfg: DictConfig) -> None:
+    """Generate the embedded synthetic dataset when `data.synthetic` is set and `data.shards` is missing.
+
+    Raw shards: clips from `data_tools.make_synthetic`, packed by `data_tools.build_shards` into
+    `<synthetic.root>/shards`. Cached mode also encodes them once with the tiny encoders (`data_tools.encode`,
+    `--tiny-seed` = `model.encoders.seed`) into `data.shards`. Seconds to a minute on 2 cores.
+    """
+    data = cfg.data
+    synth = data.get("synthetic")
+    if not synth:
+        return
+    target = Path(str(data.shards))
+    if (target / "index.json").is_file():
+        return
+    if global_rank() != 0:  # ranks started together (torchrun, SLURM) wait for rank 0 to write the data
+        deadline = time.monotonic() + 600
+        while not (target / "index.json").is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"rank {global_rank()}: no synthetic shards appeared in {target} within 600 s"
+                )
+            time.sleep(1.0)
+        return
+    root = Path(str(synth.root))
+    raw = root / "shards"
+    if not (raw / "index.json").is_file():
+        from data_tools.build_shards import build_shards
+        from data_tools.make_synthetic import make_dataset
+
+        log.info("generating the synthetic dataset in %s (%d clips)", root, synth.count)
+        metadata = make_dataset(
+            root / "clips",
+            count=int(synth.count),
+            width=int(synth.width),
+            height=int(synth.height),
+            fps=float(synth.fps),
+            seconds=float(synth.seconds),
+            sample_rate=int(synth.sample_rate),
+            seed=int(synth.seed),
+        )
+        build_shards(metadata, raw, max_count=max(1, math.ceil(int(synth.count) / 2)))
+    if data.mode == "cached":
+        from data_tools.encode import main as encode_main
+
+        log.info("encoding the synthetic clips into the latent cache %s (tiny encoders)", target)
+        enc = cfg.model.get("encoders") or {}
+        encode_main(
+            [
+                f"--shards={raw}",
+                f"--out={target}",
+                f"--tiny-seed={int(enc.get('seed', 0))}",
+                f"--text-len={int(data.text_len)}",
+                f"--num-frames={int(data.num_frames)}",
+                f"--height={int(data.height)}",
+                f"--width={int(data.width)}",
+                f"--fps={float(data.fps)}",
+                f"--sample-rate={int(data.sample_rate)}",
+                "--device=cpu",
+            ]
+        )
+    log.info("synthetic shards ready in %s", target)
+
+
+def build_datamodule(data_cfg: DictConfig) -> Any:
+    """Instantiate the datamodule from `cfg.data` (without the `synthetic` key, which is not an argument)."""
+    kwargs = OmegaConf.to_container(data_cfg, resolve=True)
+    kwargs.pop("synthetic", None)
+    return instantiate(kwargs, _convert_="all")
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def build_module(cfg: DictConfig, denoiser: torch.nn.Module | None = None) -> Any:
+    """Instantiate the LightningModule with the model, objective, optimizer, scheduler, LoRA and encoders.
+
+    Args:
+        cfg: The composed config.
+        denoiser: An already built denoiser (default: instantiate `cfg.model.denoiser`).
+    """
+    model = denoiser if denoiser is not None else instantiate(cfg.model.denoiser, _convert_="all")
+    encoders = None
+    if cfg.data.mode == "raw" and cfg.model.get("encoders"):
+        encoders = instantiate(cfg.model.encoders, _convert_="all")
+    # Objects go in through a partial: Hydra would turn dataclass kwargs (LoraSpec) back into configs.
+    factory = instantiate(cfg.module, _partial_=True, _convert_="all")
+    return factory(
+        model=model,
+        objective=instantiate(cfg.objective, _convert_="all"),
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        lora=instantiate(cfg.lora, _convert_="all") if cfg.get("lora") else None,
+        encoders=encoders,
+    )
+
+
+_OPTIMIZER_BYTES = {"AdamW8bit": 2, "Adam8bit": 2, "PagedAdamW8bit": 2}
+
+
+def model_report(cfg: DictConfig) -> dict[str, float]:
+    """Build the denoiser on the meta device and estimate its training memory (weights, grads, optimizer state).
+
+    Activations are not included: they depend on resolution, frames, gradient checkpointing and the strategy.
+
+    Returns:
+        A dict with parameter counts and GiB estimates (also logged).
+    """
+    from mova_train.models.lora import LoraSpec, target_names
+
+    node = cfg.model.get("meta_denoiser") or cfg.model.denoiser
+    model = instantiate(node, _convert_="all")
+    total = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = 0
+    if cfg.get("lora"):
+        spec: LoraSpec = instantiate(cfg.lora, _convert_="all")
+        for component, names in target_names(model, spec).items():
+            modules = dict(getattr(model, component).named_modules())
+            for name in names:
+                trainable += spec.rank * (modules[name].in_features + modules[name].out_features)
+    for component in cfg.module.get("full_finetune") or []:
+        sub = getattr(model, component, None)
+        if sub is not None:
+            trainable += sum(p.numel() for p in sub.parameters())
+    opt_name = str(cfg.optimizer._target_).rsplit(".", 1)[-1]
+    state_bytes = _OPTIMIZER_BYTES.get(opt_name, 8) * trainable  # two moments per trainable parameter
+    gib = 1024**3
+    report = {
+        "params_total": float(total),
+        "params_trainable": float(trainable),
+        "weights_gib": weight_bytes / gib,
+        "trainable_fp32_gib": 4 * trainable / gib,
+        "grads_gib": 4 * trainable / gib,
+        "optimizer_state_gib": state_bytes / gib,
+    }
+    report["total_without_activations_gib"] = (
+        report["weights_gib"]
+        + report["trainable_fp32_gib"]
+        + report["grads_gib"]
+        + report["optimizer_state_gib"]
+    )
+    log.info(
+        "model %s: %.3fB parameters, %.2fM trainable (%s)",
+        cfg.model.get("name", "?"),
+        total / 1e9,
+        trainable / 1e6,
+        "LoRA" if cfg.get("lora") else "full fine-tune",
+    )
+    log.info(
+        "memory estimate per device without sharding or offload (activations not included): weights %.2f GiB, "
+        "trainable fp32 %.2f GiB, grads %.2f GiB, optimizer state %.2f GiB, total %.2f GiB",
+        report["weights_gib"],
+        report["trainable_fp32_gib"],
+        report["grads_gib"],
+        report["optimizer_state_gib"],
+        report["total_without_activations_gib"],
+    )
+    return report
+
+
+# --------------------------------------------------------------------------------------------- trainer parts
+
+
+def _instantiate_mapping(node: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every non-null `_target_` entry of a name -> config mapping (callbacks, loggers, plugins)."""
+    out: list[Any] = []
+    if not node:
+        return out
+    for name, sub in node.items():
+        if sub is None:
+            continue
+        if not isinstance(sub, DictConfig) or "_target_" not in sub:
+            raise ConfigError(f"{what}.{name} must be a config with a _target_, got {sub!r}")
+        log.debug("instantiating %s.%s <%s>", what, name, sub._target_)
+        out.append(instantiate(sub, _convert_="all"))
+    return out
+
+
+def build_strategy(node: DictConfig) -> Any:
+    """A strategy object from a `_target_` config, or the Lightning strategy name in `name` (e.g. `auto`)."""
+    if "_target_" in node:
+        return instantiate(node, _convert_="all")
+    return str(node.get("name", "auto"))
+
+
+def build_trainer(cfg: DictConfig) -> Any:
+    """The Lightning Trainer with strategy, loggers, callbacks and plugins from their groups."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    loggers = _instantiate_mapping(cfg.get("logger"), "logger")
+    callbacks = _instantiate_mapping(cfg.get("callbacks"), "callbacks")
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    plugins = _instantiate_mapping(cfg.get("plugins"), "plugins")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:  # the resolved config is the run's config in W&B / hparams in TensorBoard and CSV
+        lg.log_hyperparams(resolved)
+    return instantiate(
+        cfg.trainer,
+        strategy=build_strategy(cfg.strategy),
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=plugins or None,
+        _convert_="all",
+    )
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def _to_mp4(path: Path, video: torch.Tensor, wave: torch.Tensor, fps: float, sample_rate: int) -> None:
+    """Mux `video [3, F, H, W]` in [-1, 1] and `wave [1, S]` at `sample_rate` into an H.264 + AAC mp4."""
+    from torchcodec.encoders import Encoder
+
+    frames = (
+        ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+    )
+    out_rate = 48000  # AAC wants a standard rate; the tiny DAC runs at 1600 Hz
+    if sample_rate != out_rate:
+        length = round(wave.shape[-1] * out_rate / sample_rate)
+        wave = torch.nn.functional.interpolate(wave[None].float(), size=length, mode="linear")[0]
+    encoder = Encoder()
+    vstream = encoder.add_video(height=frames.shape[2], width=frames.shape[3], frame_rate=float(fps))
+    astream = encoder.add_audio(sample_rate=out_rate, num_channels=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with encoder.open_file(str(path)):
+        vstream.add_frames(frames)
+        astream.add_samples(wave.float().clamp(-1, 1).contiguous())
+
+
+@torch.no_grad()
+def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Path) -> Path | None:
+    """Sample one clip with the trained model, conditioned on the first frame of a training clip, to mp4.
+
+    Uses the pure sampler (`mova_train.sampling`) and the module's encoders (to encode the first frame and the
+    prompt, and to decode the latents). The full predict loop (many prompts, writer callback, W&B media) is the
+    predict entry point's job; this is the quick look at the end of a run.
+
+    Returns:
+        The mp4 path, or None when the run has no encoders to decode with.
+    """
+    from mova_train.models.codecs import latents_from_cached
+    from mova_train.sampling.sampler import sample
+
+    encoders = getattr(module, "encoders", None)
+    if encoders is None and cfg.model.get("encoders"):
+        encoders = instantiate(cfg.model.encoders, _convert_="all").to(module.device)
+    if encoders is None or None in (encoders.video_vae, encoders.audio_vae, encoders.text_encoder):
+        log.info(
+            "sample_after_fit: no encoders to decode with (model.encoders is null); use the predict entry point"
+        )
+        return None
+    s = cfg.sample
+    batch = datamodule.finalize_batch(next(iter(datamodule.train_dataloader())), consumed=False)
+    model = module.model
+    was_training = model.training
+    model.eval()
+    device = module.device
+    num_frames = int(s.num_frames)
+    if "video" in batch:  # raw clip: encode its first frame and caption
+        y = encoders.video_vae.encode_first_frame_condition(batch["video"][:1, :, 0].to(device), num_frames)
+        context = None
+    else:  # cached clip: its first-frame condition and caption states are in the batch
+        lat = latents_from_cached(batch)
+        y, context = lat["cond"][:1].to(device), lat["context"][:1].to(device)
+    prompt = s.prompt or batch["caption"][0]
+    if s.prompt or context is None:
+        context = encoders.text_encoder.encode([prompt]).to(device)
+    context_neg = None
+    if float(s.cfg_scale) != 1.0:
+        context_neg = encoders.text_encoder.encode([s.negative_prompt or ""]).to(device)
+    gen = torch.Generator().manual_seed(int(s.seed))
+    dac = encoders.audio_vae
+    audio_len = math.ceil(num_frames / float(s.fps) * dac.sample_rate / dac.hop_length)
+    video_noise = torch.randn((1, y.shape[1] - 4, *y.shape[2:]), generator=gen).to(device)
+    audio_noise = torch.randn((1, dac.latent_dim, audio_len), generator=gen).to(device)
+    result = sample(
+        model,
+        module.objective.scheduler,
+        video_noise=video_noise,
+        audio_noise=audio_noise,
+        y=y,
+        context_pos=context,
+        context_neg=context_neg,
+        num_steps=int(s.num_steps),
+        cfg_scale=float(s.cfg_scale),
+        video_fps=float(s.fps),
+    )
+    video = encoders.video_vae.decode(result.video_latents)[0]
+    wave = dac.decode(result.audio_latents)[0]
+    model.train(was_training)
+    path = out_dir / "samples" / f"sample_seed{int(s.seed)}.mp4"
+    _to_mp4(path, video.cpu(), wave.cpu(), float(s.fps), dac.sample_rate)
+    log.info("sample written to %s (prompt: %s)", path, prompt)
+    return path
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """`None`, `last` (Lightning finds this run's newest checkpoint) or an existing file/folder."""
+    if ckpt_path in (None, "", "last", "best"):
+        return ckpt_path or None
+    if not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist (use `last` to resume this run folder)")
+    return ckpt_path
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run one training job described by `cfg` (see `conf/train.yaml`).
+
+    Returns:
+        The value of `cfg.monitor` at the end of fit (None when it was never logged, or with `show=true`).
+    """
+    import lightning
+
+    check_config(cfg)
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    lightning.seed_everything(int(cfg.seed), workers=True)
+
+    if cfg.show:
+        model_report(cfg)
+        return None
+
+    out_dir = Path(str(cfg.paths.output_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_synthetic_data(cfg)
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path))
+
+    if cfg.sample_after_fit and trainer.is_global_zero and not trainer.fast_dev_run:
+        sample_after_fit(cfg, module, datamodule, out_dir)
+
+    value = trainer.callback_metrics.get(cfg.monitor)
+    if value is None:
+        log.warning("monitor %s was not logged; train() returns None", cfg.monitor)
+        return None
+    log.info("%s = %.6f", cfg.monitor, float(value))
+    return float(value)
