@@ -175,68 +175,82 @@ def build_module(cfg: DictConfig, denoiser: torch.nn.Module | None = None) -> An
     )
 
 
-_OPTIMIZER_BYTES = {"AdamW8bit": 2, "Adam8bit": 2, "PagedAdamW8bit": 2}
+def _strategy_shape(cfg: DictConfig) -> dict[str, Any]:
+    """Map the `strategy` config group onto the estimator's vocabulary (name, dp, cp, storage)."""
+    node = cfg.get("strategy") or {}
+    target = str(node.get("_target_", ""))
+    devices = cfg.trainer.get("devices", 1)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(
+        cfg.trainer.get("num_nodes", 1) or 1
+    )
+    if "fsdp2" in target:
+        cp = int(node.get("context_parallel_size", 1) or 1)
+        dp = node.get("data_parallel_size", "auto")
+        dp = max(world // cp, 1) if dp in (None, "auto") else int(dp)
+        return {"strategy": "fsdp2", "dp": dp, "cp": cp}
+    if "offload" in target:
+        storage = str(node.get("storage", "native"))
+        return {
+            "strategy": "offload",
+            "weight_dtype": "fp8" if storage in ("fp8", "int8") else "bf16",
+            "activation_offload": bool(node.get("offload_activations", False)),
+        }
+    if "ddp" in target:
+        return {"strategy": "ddp", "dp": world}
+    return {"strategy": "single"}
 
 
 def model_report(cfg: DictConfig) -> dict[str, float]:
-    """Build the denoiser on the meta device and estimate its training memory (weights, grads, optimizer state).
-
-    Activations are not included: they depend on resolution, frames, gradient checkpointing and the strategy.
+    """Build the denoiser on the meta device and print the estimator's sizes, FLOPs, step time and
+    per-device memory for this run's strategy, resolution and frame count (nothing is allocated).
 
     Returns:
-        A dict with parameter counts and GiB estimates (also logged).
+        A dict with parameter counts and the per-device memory estimate in GiB (also logged).
     """
-    from mova_train.models.lora import LoraSpec, target_names
+    from mova_train.estimate import estimate_run, format_estimate
+    from mova_train.models.builders import MovaConfig
+    from mova_train.models.lora import LoraSpec
 
     node = cfg.model.get("meta_denoiser") or cfg.model.denoiser
     model = instantiate(node, _convert_="all")
-    total = sum(p.numel() for p in model.parameters())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = 0
-    if cfg.get("lora"):
-        spec: LoraSpec = instantiate(cfg.lora, _convert_="all")
-        for component, names in target_names(model, spec).items():
-            modules = dict(getattr(model, component).named_modules())
-            for name in names:
-                trainable += spec.rank * (modules[name].in_features + modules[name].out_features)
-    for component in cfg.module.get("full_finetune") or []:
-        sub = getattr(model, component, None)
-        if sub is not None:
-            trainable += sum(p.numel() for p in sub.parameters())
-    opt_name = str(cfg.optimizer._target_).rsplit(".", 1)[-1]
-    state_bytes = _OPTIMIZER_BYTES.get(opt_name, 8) * trainable  # two moments per trainable parameter
+    experts = tuple(n for n in ("video_dit", "video_dit_2") if getattr(model, n) is not None)
+    tower = getattr(model, experts[0])
+    config = MovaConfig(tower.config, model.audio_dit.config, model.dual_tower_bridge.config)
+    spec: LoraSpec | None = instantiate(cfg.lora, _convert_="all") if cfg.get("lora") else None
+    lora_targets = None
+    if spec is not None:
+        lora_targets = {
+            c: p for c, p in (spec.components or {}).items() if getattr(model, c, None) is not None
+        }
+    shape = _strategy_shape(cfg)
+    est = estimate_run(
+        config,
+        experts=experts,
+        lora_rank=spec.rank if spec is not None else 0,
+        lora_targets=lora_targets,
+        full_finetune=tuple(cfg.module.get("full_finetune") or ()),
+        frames=int(cfg.data.num_frames),
+        height=int(cfg.data.height),
+        width=int(cfg.data.width),
+        fps=float(cfg.data.fps),
+        batch=int(cfg.data.get("batch_size", 1)),
+        optimizer="adamw8bit" if "8bit" in str(cfg.optimizer.get("_target_", "")) else "adamw",
+        gradient_checkpointing=bool(cfg.module.get("gradient_checkpointing", False)),
+        peak_tflops=float(cfg.hardware.peak_tflops),
+        mfu=float(cfg.hardware.mfu),
+        **{"activation_offload": bool(cfg.module.get("activation_offload", False)), **shape},
+    )
+    title = f"{cfg.get('task_name', 'run')} ({shape['strategy']}, {cfg.hardware.name})"
+    log.info("\n%s", format_estimate(est, title=title))
     gib = 1024**3
-    report = {
-        "params_total": float(total),
-        "params_trainable": float(trainable),
-        "weights_gib": weight_bytes / gib,
-        "trainable_fp32_gib": 4 * trainable / gib,
-        "grads_gib": 4 * trainable / gib,
-        "optimizer_state_gib": state_bytes / gib,
+    return {
+        "params_total": float(est.params_total),
+        "params_trainable": float(est.params_trainable),
+        "weights_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / gib,
+        "device_memory_gib": est.memory.device_total / gib,
+        "train_flops": float(est.train.total),
+        "step_time_s": float(est.step_time_s),
     }
-    report["total_without_activations_gib"] = (
-        report["weights_gib"]
-        + report["trainable_fp32_gib"]
-        + report["grads_gib"]
-        + report["optimizer_state_gib"]
-    )
-    log.info(
-        "model %s: %.3fB parameters, %.2fM trainable (%s)",
-        cfg.model.get("name", "?"),
-        total / 1e9,
-        trainable / 1e6,
-        "LoRA" if cfg.get("lora") else "full fine-tune",
-    )
-    log.info(
-        "memory estimate per device without sharding or offload (activations not included): weights %.2f GiB, "
-        "trainable fp32 %.2f GiB, grads %.2f GiB, optimizer state %.2f GiB, total %.2f GiB",
-        report["weights_gib"],
-        report["trainable_fp32_gib"],
-        report["grads_gib"],
-        report["optimizer_state_gib"],
-        report["total_without_activations_gib"],
-    )
-    return report
 
 
 # --------------------------------------------------------------------------------------------- trainer parts

@@ -121,6 +121,21 @@ class TrainerConfig:
 
 
 @dataclass
+class HardwareConfig:
+    """What `show=true` assumes about one device when it turns FLOPs into a step time.
+
+    Attributes:
+        name: Label printed with the estimate (e.g. "H100 80GB", "RTX 4090").
+        peak_tflops: Dense bf16 peak per device (H100 SXM 989, A100 312, RTX 4090 165).
+        mfu: Model-FLOPs utilization assumed (0.4 is typical for large DiTs).
+    """
+
+    name: str = "H100 80GB"
+    peak_tflops: float = 989.0
+    mfu: float = 0.4
+
+
+@dataclass
 class TrainConfig:
     """Top level of `conf/train.yaml`.
 
@@ -147,6 +162,7 @@ class TrainConfig:
         plugins: Mapping name -> Trainer plugin config (e.g. checkpoint IO).
         paths: Data, checkpoint and output locations, from `conf/paths/`.
         sample: Settings of the after-fit sample (prompt, steps, guidance).
+        hardware: The device `show=true` estimates for (schema `HardwareConfig`).
     """
 
     task_name: str = "train"
@@ -171,6 +187,7 @@ class TrainConfig:
     plugins: Any = None
     paths: Any = MISSING
     sample: Any = None
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 
 def register_configs() -> None:

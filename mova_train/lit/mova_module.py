@@ -73,6 +73,8 @@ class MovaLitModule(LightningModule):
         encoders: frozen codecs for raw batches (None: batches carry latents).
         ema_decay: keep an EMA of the trainable weights with this decay (None: off).
         gradient_checkpointing: recompute DiT blocks and bridge layers in the backward pass.
+        activation_offload: keep the tensors autograd saves (with checkpointing: the block inputs) in host
+            memory during training (``torch.autograd.graph.save_on_cpu``); trades PCIe traffic for device memory.
         video_fps: pixel frame rate of the training clips (bridge time alignment).
         seed: base seed of the objective's randomness.
         timestep_buckets: number of equal t buckets for ``train/loss_t{k}``.
@@ -90,6 +92,7 @@ class MovaLitModule(LightningModule):
         encoders: MovaEncoders | None = None,
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
+        activation_offload: bool = False,
         video_fps: float = 24.0,
         seed: int = 0,
         timestep_buckets: int = 4,
@@ -109,6 +112,7 @@ class MovaLitModule(LightningModule):
         self.encoders = encoders
         self.ema_decay = ema_decay
         self.gradient_checkpointing = gradient_checkpointing
+        self.activation_offload = activation_offload
         self.video_fps = float(video_fps)
         self.seed = int(seed)
         self.timestep_buckets = int(timestep_buckets)
@@ -117,6 +121,8 @@ class MovaLitModule(LightningModule):
         self.ema_weights: _EmaWeights | None = None
         self._fingerprint: str | None = None
         self._last_time: float | None = None
+        self._interval_samples = 0
+        self._interval_tokens = 0
         self._ema_step = -1
         if isinstance(model, nn.Module):
             self.model: MovaDualTower | None = model
@@ -180,7 +186,14 @@ class MovaLitModule(LightningModule):
     def _step(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> tuple[LossOutput, dict]:
         assert self.model is not None, "configure_model() was not called"
         lat = self.latents(batch)
-        out = self.objective(self.model, lat, step=step, generator=generator, video_fps=self.video_fps)
+        saved_on_host = self.activation_offload and torch.is_grad_enabled()
+        ctx = (
+            torch.autograd.graph.save_on_cpu(pin_memory=self.device.type == "cuda")
+            if saved_on_host
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.objective(self.model, lat, step=step, generator=generator, video_fps=self.video_fps)
         return out, lat
 
     def _tokens_per_sample(self, lat: dict[str, torch.Tensor]) -> int:
@@ -193,28 +206,44 @@ class MovaLitModule(LightningModule):
         return tuple(tower.patch_size)  # type: ignore[return-value]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """One micro-batch: loss, metrics, throughput."""
+        """One micro-batch: loss every step; detail metrics every ``trainer.log_every_n_steps`` steps.
+
+        ``self.log`` costs a few milliseconds per call on CPU, so only ``train/loss`` is logged on every step;
+        per-modality losses, timestep buckets, learning rates and throughput (averaged over the interval) are
+        logged on the steps Lightning writes to the loggers anyway.
+        """
         out, lat = self._step(batch, self.global_step, self._generator(self.micro_step))
         self.micro_step += 1
         bsz = int(lat["video_latents"].shape[0])
-        self._log_losses("train", out, bsz)
+        self.log("train/loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bsz)
+        self._interval_samples += bsz
+        self._interval_tokens += bsz * self._tokens_per_sample(lat)
+        if not self._detail_step():
+            return out.loss
+        kw = dict(on_step=True, on_epoch=False, batch_size=bsz)
+        self.log("train/loss_video", out.loss_video.detach(), **kw)
+        self.log("train/loss_audio", out.loss_audio.detach(), **kw)
         self._log_buckets(out, bsz)
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:
             for i, group in enumerate(opt.param_groups):
                 name = "train/lr" if i == 0 else f"train/lr_{group.get('name', i)}"
-                self.log(name, float(group["lr"]), on_step=True, on_epoch=False, batch_size=bsz)
+                self.log(name, float(group["lr"]), **kw)
         now = time.perf_counter()
         if self._last_time is not None:
             dt = max(now - self._last_time, 1e-9)
-            self.log("train/samples_per_s", bsz / dt, on_step=True, on_epoch=False, batch_size=bsz)
-            tokens = bsz * self._tokens_per_sample(lat)
-            self.log("train/tokens_per_s", tokens / dt, on_step=True, on_epoch=False, batch_size=bsz)
+            self.log("train/samples_per_s", self._interval_samples / dt, **kw)
+            self.log("train/tokens_per_s", self._interval_tokens / dt, **kw)
         self._last_time = now
+        self._interval_samples = self._interval_tokens = 0
         skipped = self._skipped(batch)
         if skipped is not None:
-            self.log("train/skipped_samples", skipped, on_step=True, on_epoch=False, batch_size=bsz)
+            self.log("train/skipped_samples", skipped, **kw)
         return out.loss
+
+    def _detail_step(self) -> bool:
+        every = self._trainer.log_every_n_steps if self._trainer is not None else 1
+        return every <= 1 or (self.global_step + 1) % every == 0 or self.global_step == 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Validation loss with fixed randomness per batch index (comparable across evaluations)."""

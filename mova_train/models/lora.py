@@ -107,6 +107,7 @@ class LoraSpec:
     components: dict[str, Any] | None = None
     preset: str | None = "upstream"
     _expanded: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
+    _from_preset: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -120,6 +121,7 @@ class LoraSpec:
             if self.preset not in SPEC_PRESETS:
                 raise LoraError(f"lora.preset must be one of {sorted(SPEC_PRESETS)}, got {self.preset!r}")
             comps = SPEC_PRESETS[self.preset]
+            self._from_preset = True
         unknown = set(comps) - set(COMPONENTS)
         if unknown:
             raise LoraError(f"lora.components: unknown component(s) {sorted(unknown)}; expected {COMPONENTS}")
@@ -155,12 +157,17 @@ def _matches(name: str, pattern: str) -> bool:
 def target_names(model: nn.Module, spec: LoraSpec) -> dict[str, list[str]]:
     """Per component, the ``nn.Linear`` paths (relative to the component) the spec selects.
 
+    A whole-model preset skips video experts that are not loaded (a run training one expert); components
+    listed explicitly must all be present.
+
     Raises:
         LoraError: a listed component is missing, or a pattern matches no layer of its component.
     """
     out: dict[str, list[str]] = {}
     for comp, patterns in (spec.components or {}).items():
         sub = getattr(model, comp, None)
+        if sub is None and spec._from_preset and comp in ("video_dit", "video_dit_2"):
+            continue
         if sub is None:
             raise LoraError(f"lora.components names {comp!r} but the model has no such component loaded")
         linears = [n for n, m in sub.named_modules() if isinstance(m, nn.Linear)]

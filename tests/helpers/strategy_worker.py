@@ -42,7 +42,7 @@ class TinySamples(Dataset):
         cond[:4, 0] = 1.0
         return {
             "video_latents": torch.randn(4, 2, 4, 4, generator=g),
-            "cond_latents": cond,
+            "cond": cond,
             "audio_latents": torch.randn(8, 8, generator=g),
             "text_embeds": torch.randn(8, 32, generator=g),
             "noise_v": torch.randn(4, 2, 4, 4, generator=g),

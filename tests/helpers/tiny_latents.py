@@ -26,7 +26,7 @@ def make_batch(
     cond[:, :4, 0] = 1.0
     return {
         "video_latents": torch.randn(batch, 4, frames, hw, hw, generator=g),
-        "cond_latents": cond,
+        "cond": cond,
         "audio_latents": torch.randn(batch, 8, audio_len, generator=g),
         "text_embeds": torch.randn(batch, text_len, 32, generator=g),
         "audio_mask": torch.ones(batch, dtype=torch.bool),

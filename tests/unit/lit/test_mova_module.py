@@ -164,4 +164,4 @@ def test_raw_batch_through_tiny_encoders():
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.per_sample_audio[1] == 0
     cached = make_batch(0)
-    assert enc.encode_batch(cached)["cond"] is cached["cond_latents"]  # latents pass through untouched
+    assert enc.encode_batch(cached)["cond"] is cached["cond"]  # latents pass through untouched

@@ -21,6 +21,7 @@ from mova_train.models.lora import (
     merge_lora,
     save_lora,
     set_trainable,
+    target_names,
 )
 
 
@@ -172,3 +173,11 @@ def test_base_fingerprint(tmp_path):
     assert folder_fp.startswith("folder:") and folder_fp == base_fingerprint(tmp_path / "ckpt")
     with pytest.raises(LoraError, match="no .safetensors"):
         base_fingerprint(tmp_path / "nothing")
+
+
+def test_preset_skips_unloaded_expert_but_explicit_component_must_exist():
+    single = mova_tiny(experts=("video_dit_2",))
+    names = target_names(single, LoraSpec(preset="attn"))
+    assert set(names) == {"video_dit_2", "audio_dit", "dual_tower_bridge"}
+    with pytest.raises(LoraError, match="'video_dit' but the model has no such component"):
+        target_names(single, LoraSpec(components={"video_dit": "attn"}))
