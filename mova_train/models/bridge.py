@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mova_train.models.attention import attention
 from mova_train.models.configs import BridgeConfig
+from mova_train.models.dit import AttentionProjections
 from mova_train.models.rope import aligned_rope_tables, apply_rotate_half_rope
 
 __all__ = ["BridgeRope", "ConditionalCrossAttention", "ConditionalCrossAttentionBlock", "DualTowerBridge"]
@@ -22,19 +22,14 @@ BridgeRope = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 """(video_cos, video_sin, audio_cos, audio_sin), each ``[1, N, head_dim]``."""
 
 
-class ConditionalCrossAttention(nn.Module):
-    """Cross-attention with q from the primary stream and k/v from the (normalized) condition stream."""
+class ConditionalCrossAttention(AttentionProjections):
+    """Cross-attention with q from the primary stream and k/v from the (normalized) condition stream.
+
+    Same parameters as the towers' attention (``q, k, v, o, norm_q, norm_k``) with k/v reading ``cond_dim``.
+    """
 
     def __init__(self, dim: int, cond_dim: int, head_dim: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = dim // head_dim
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(cond_dim, dim)
-        self.v = nn.Linear(cond_dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-        self.attention_core = attention
+        super().__init__(dim, dim // head_dim, eps, kv_dim=cond_dim)
 
     def forward(
         self,

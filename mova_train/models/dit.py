@@ -16,7 +16,15 @@ import torch.nn as nn
 from mova_train.models.attention import attention
 from mova_train.models.rope import apply_complex_rope
 
-__all__ = ["CrossAttention", "DiTBlock", "DiTTower", "Head", "SelfAttention", "sinusoidal_embedding"]
+__all__ = [
+    "AttentionProjections",
+    "CrossAttention",
+    "DiTBlock",
+    "DiTTower",
+    "Head",
+    "SelfAttention",
+    "sinusoidal_embedding",
+]
 
 
 def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
@@ -38,7 +46,7 @@ def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1).to(torch.float32)
 
 
-class _Attention(nn.Module):
+class AttentionProjections(nn.Module):
     """q/k/v/o projections with RMSNorm on q and k over the full hidden size (not per head)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, kv_dim: int | None = None) -> None:
@@ -55,7 +63,7 @@ class _Attention(nn.Module):
         self.attention_core: Callable[..., torch.Tensor] = attention
 
 
-class SelfAttention(_Attention):
+class SelfAttention(AttentionProjections):
     """Self-attention with the towers' complex RoPE on q and k."""
 
     def forward(
@@ -68,7 +76,7 @@ class SelfAttention(_Attention):
         return self.o(self.attention_core(q, k, self.v(x), self.num_heads, key_padding_mask=key_padding_mask))
 
 
-class CrossAttention(_Attention):
+class CrossAttention(AttentionProjections):
     """Text cross-attention: no RoPE, no mask (zero-padded text rows are attended like any row)."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
