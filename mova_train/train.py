@@ -303,26 +303,6 @@ def build_trainer(cfg: DictConfig) -> Any:
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def _to_mp4(path: Path, video: torch.Tensor, wave: torch.Tensor, fps: float, sample_rate: int) -> None:
-    """Mux `video [3, F, H, W]` in [-1, 1] and `wave [1, S]` at `sample_rate` into an H.264 + AAC mp4."""
-    from torchcodec.encoders import Encoder
-
-    frames = (
-        ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 0, 2, 3).contiguous()
-    )
-    out_rate = 48000  # AAC wants a standard rate; the tiny DAC runs at 1600 Hz
-    if sample_rate != out_rate:
-        length = round(wave.shape[-1] * out_rate / sample_rate)
-        wave = torch.nn.functional.interpolate(wave[None].float(), size=length, mode="linear")[0]
-    encoder = Encoder()
-    vstream = encoder.add_video(height=frames.shape[2], width=frames.shape[3], frame_rate=float(fps))
-    astream = encoder.add_audio(sample_rate=out_rate, num_channels=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with encoder.open_file(str(path)):
-        vstream.add_frames(frames)
-        astream.add_samples(wave.float().clamp(-1, 1).contiguous())
-
-
 @torch.no_grad()
 def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Path) -> Path | None:
     """Sample one clip with the trained model, conditioned on the first frame of a training clip, to mp4.
@@ -335,6 +315,7 @@ def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Pat
         The mp4 path, or None when the run has no encoders to decode with.
     """
     from mova_train.models.codecs import latents_from_cached
+    from mova_train.sampling.mux import write_mp4
     from mova_train.sampling.sampler import sample
 
     encoders = getattr(module, "encoders", None)
@@ -385,7 +366,8 @@ def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Pat
     wave = dac.decode(result.audio_latents)[0]
     model.train(was_training)
     path = out_dir / "samples" / f"sample_seed{int(s.seed)}.mp4"
-    _to_mp4(path, video.cpu(), wave.cpu(), float(s.fps), dac.sample_rate)
+    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 0, 2, 3).cpu()
+    write_mp4(path, frames, wave.cpu(), float(s.fps), dac.sample_rate)
     log.info("sample written to %s (prompt: %s)", path, prompt)
     return path
 

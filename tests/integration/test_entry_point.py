@@ -74,7 +74,7 @@ def test_show_builds_and_exits(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "show"
     _run(["show=true", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     log = (run_dir / "__main__.log").read_text()
-    assert "memory estimate" in log and "trainable" in log
+    assert "memory per device" in log and "trainable" in log and "training step:" in log
     assert not (run_dir / "checkpoints").exists()
 
 

@@ -1,0 +1,173 @@
+"""Sampling during training: every N optimizer steps, fixed requests through the same `MovaGenerator`.
+
+Each sample is written as ``<output_dir>/step<step:07d>/<request id>.mp4`` + ``.json`` sidecar, logged to every
+attached `WandbLogger` as ``wandb.Video(path, format="mp4")`` (from the file, so its audio track is kept and no
+moviepy is needed; environment.md gotcha 14), and summarized as latent statistics through every logger's
+``log_metrics``.
+
+Only global rank 0 samples by default (``split_by_rank=False``); with ``split_by_rank=True`` each rank samples
+its share of the requests (use it when every rank holds the full model, i.e. DDP, not sharded FSDP). The
+denoiser is the LightningModule's ``model`` (LoRA layers active), switched to eval mode and back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+from mova_train.callbacks.sample_writer import write_sample
+from mova_train.models.scheduler import FlowMatchScheduler
+from mova_train.sampling.pipeline import GeneratedSample, MovaGenerator
+from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ValidationSampling"]
+
+
+class ValidationSampling(Callback):
+    """Sample fixed requests every ``every_n_steps`` optimizer steps.
+
+    Args:
+        requests: A requests file, or a list of request mappings (each at least ``{"prompt": ...}``).
+        every_n_steps: Sampling period in optimizer steps (global_step).
+        sampling: Defaults of the request fields (CPU-friendly values are the caller's job).
+        output_dir: Where the samples go (default: ``<trainer.default_root_dir>/samples``).
+        encoders: A `MovaEncoders` with ``video_vae``, ``audio_vae`` and ``text_encoder``; default: the module's
+            ``encoders`` (raw-mode training). Required with cached training.
+        scheduler: Flow-matching scheduler (default: the release config).
+        split_by_rank: Each rank samples its share (else rank 0 samples all).
+        at_train_end: Also sample after the last step.
+        batch_cfg: Positive and negative prompts in one forward.
+        spatial_multiple: Height/width multiple of the requests.
+    """
+
+    def __init__(
+        self,
+        requests: str | Path | Sequence[dict[str, Any]],
+        every_n_steps: int = 500,
+        sampling: SamplingSettings | dict[str, Any] | None = None,
+        output_dir: str | Path | None = None,
+        encoders: Any = None,
+        scheduler: FlowMatchScheduler | None = None,
+        split_by_rank: bool = False,
+        at_train_end: bool = False,
+        batch_cfg: bool = True,
+        spatial_multiple: int = 16,
+    ) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"ValidationSampling.every_n_steps must be >= 1, got {every_n_steps}")
+        settings = (
+            sampling if isinstance(sampling, SamplingSettings) else SamplingSettings.from_dict(sampling)
+        )
+        if isinstance(requests, (str, Path)):
+            self.requests = load_requests(requests, settings, spatial_multiple=spatial_multiple)
+        else:
+            self.requests = [
+                make_request(dict(r), settings, source="ValidationSampling.requests", line=i + 1,
+                             spatial_multiple=spatial_multiple)
+                for i, r in enumerate(requests)
+            ]  # fmt: skip
+        if not self.requests:
+            raise ValueError("ValidationSampling: no requests given")
+        self.every_n_steps = int(every_n_steps)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.encoders = encoders
+        self.scheduler = scheduler if scheduler is not None else FlowMatchScheduler()
+        self.split_by_rank = split_by_rank
+        self.at_train_end = at_train_end
+        self.batch_cfg = batch_cfg
+        self.written: list[Path] = []
+        self._last_step = -1
+
+    def _codecs(self, pl_module: LightningModule) -> Any:
+        enc = self.encoders if self.encoders is not None else getattr(pl_module, "encoders", None)
+        missing = [n for n in ("video_vae", "audio_vae", "text_encoder") if getattr(enc, n, None) is None]
+        if missing:
+            raise ValueError(
+                f"ValidationSampling needs a video VAE, an audio VAE and a text encoder; missing {missing}. "
+                f"Pass encoders=... (e.g. mova_train.models.codecs.tiny_encoders) when training on cached latents"
+            )
+        return enc
+
+    def _my_requests(self, trainer: Trainer) -> list[Request]:
+        if self.split_by_rank:
+            return self.requests[trainer.global_rank :: trainer.world_size]
+        return self.requests if trainer.is_global_zero else []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Sample when ``global_step`` reaches a multiple of ``every_n_steps`` (once per step)."""
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Optionally sample after the last step."""
+        if self.at_train_end and trainer.global_step != self._last_step:
+            self._last_step = trainer.global_step
+            self.run(trainer, pl_module)
+
+    @torch.no_grad()
+    def run(self, trainer: Trainer, pl_module: LightningModule) -> list[GeneratedSample]:
+        """Sample this rank's requests now, write them and log them; returns the samples."""
+        reqs = self._my_requests(trainer)
+        if not reqs:
+            return []
+        model = getattr(pl_module, "model", None)
+        if model is None:
+            raise ValueError("ValidationSampling: the LightningModule has no `model` (the dual tower)")
+        enc = self._codecs(pl_module)
+        was_training = model.training
+        model.eval()
+        try:
+            generator = MovaGenerator(
+                model,
+                self.scheduler,
+                enc.video_vae,
+                enc.audio_vae,
+                enc.text_encoder,
+                batch_cfg=self.batch_cfg,
+            )
+            samples = generator.generate(reqs, device=pl_module.device)
+        finally:
+            model.train(was_training)
+        step = trainer.global_step
+        root = self.output_dir or Path(trainer.default_root_dir) / "samples"
+        out_dir = root / f"step{step:07d}"
+        paths = [
+            write_sample(s, out_dir, settings={"source": "validation_sampling"}, extra={"global_step": step})
+            for s in samples
+        ]
+        self.written.extend(paths)
+        self._log(trainer, samples, paths, step)
+        return samples
+
+    def _log(self, trainer: Trainer, samples: list[GeneratedSample], paths: list[Path], step: int) -> None:
+        metrics: dict[str, float] = {}
+        for i, s in enumerate(samples):
+            metrics[f"val_samples/{i}_video_latent_std"] = float(s.video_latents.std())
+            metrics[f"val_samples/{i}_audio_latent_std"] = float(s.audio_latents.std())
+            metrics[f"val_samples/{i}_video_latent_mean"] = float(s.video_latents.mean())
+            metrics[f"val_samples/{i}_audio_latent_mean"] = float(s.audio_latents.mean())
+        metrics["val_samples/seconds_per_step"] = float(samples[0].timings.get("seconds_per_step", 0.0))
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+            if isinstance(lg, WandbLogger):
+                import wandb
+
+                media = {
+                    f"val_samples/{i}": wandb.Video(str(p), format="mp4", caption=s.request.prompt[:200])
+                    for i, (s, p) in enumerate(zip(samples, paths, strict=True))
+                }
+                lg.experiment.log({**media, "trainer/global_step": step})
+        logger.info("validation samples at step %d: %s", step, ", ".join(p.name for p in paths))

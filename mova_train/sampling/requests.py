@@ -1,0 +1,332 @@
+"""Generation requests: one prompt (+ optional first frame) with its sampling settings.
+
+A requests file is JSONL (one JSON object per line; blank lines and lines starting with ``#`` are skipped) or
+YAML (a list of mappings, or a mapping with a ``requests:`` list). Each entry needs ``prompt``; every other
+field falls back to a `SamplingSettings` object (the ``sampling`` block of ``conf/predict.yaml``)::
+
+    {"prompt": "A red ball bounces, with a click at each bounce.", "first_frame": "ball.png", "seed": 3}
+    {"prompt": "Rain on a window.", "num_frames": 97, "steps": 25, "cfg_scale": 4.0}
+
+Relative ``first_frame`` paths are resolved against the requests file's folder. Errors name the file, the line
+(JSONL and YAML) and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Request",
+    "RequestError",
+    "SamplingSettings",
+    "load_requests",
+    "make_request",
+    "request_name",
+    "slugify",
+]
+
+
+class RequestError(ValueError):
+    """A request (or requests file) is invalid; the message names the file, line and field."""
+
+
+@dataclass
+class SamplingSettings:
+    """Defaults for every request field except ``prompt`` (release values: 193 frames, 352x640, 24 fps).
+
+    Attributes:
+        negative_prompt: Negative prompt for text CFG ("" is upstream's ``__call__`` default).
+        first_frame: Image path, or None for text-to-audio+video (see `preprocess.first_frame_tensor`).
+        seed: Seed of the request's own noise generator.
+        num_frames: Pixel frames, 4k + 1.
+        height: Frame height, a multiple of 16.
+        width: Frame width, a multiple of 16.
+        fps: Frame rate (sets the audio length and the bridge time alignment).
+        steps: Sampling steps.
+        cfg_scale: Text guidance scale for video (and audio unless ``audio_cfg_scale`` is set).
+        audio_cfg_scale: Text guidance scale for audio; None uses ``cfg_scale``.
+        shift: Sigma shift of the sampling grid; None uses the scheduler config (5 in the release).
+        guidance: ``"text"`` (release) or ``"dual"`` (adds a bridge-off pass: 3 passes per step).
+        bridge_cfg_scale: Cross-modal guidance scale (``"dual"`` only).
+    """
+
+    negative_prompt: str = ""
+    first_frame: str | None = None
+    seed: int = 0
+    num_frames: int = 193
+    height: int = 352
+    width: int = 640
+    fps: float = 24.0
+    steps: int = 50
+    cfg_scale: float = 5.0
+    audio_cfg_scale: float | None = None
+    shift: float | None = None
+    guidance: str = "text"
+    bridge_cfg_scale: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> SamplingSettings:
+        """Build from a mapping (e.g. a Hydra node); unknown keys raise a `RequestError`."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RequestError(f"sampling settings: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class Request:
+    """One fully resolved generation request (all fields concrete; see `SamplingSettings` for their meaning).
+
+    Not frozen: Lightning copies dataclasses field by field when it moves batches and predictions.
+
+    Attributes:
+        id: Stable identity ``<slug>-<sha8>-s<seed>`` (also the output file stem); derived from the content.
+    """
+
+    prompt: str
+    negative_prompt: str
+    first_frame: str | None
+    seed: int
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+    steps: int
+    cfg_scale: float
+    audio_cfg_scale: float | None
+    shift: float | None
+    guidance: str
+    bridge_cfg_scale: float
+    id: str = field(default="", compare=False)
+
+    def content(self) -> dict[str, Any]:
+        """Every field except ``id`` (what the hash covers)."""
+        d = dataclasses.asdict(self)
+        d.pop("id")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form, ``id`` included."""
+        return dataclasses.asdict(self)
+
+    def sha(self) -> str:
+        """sha256 of the canonical JSON of `content` (hex)."""
+        blob = json.dumps(self.content(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Settings that must agree for requests to share one sampling batch."""
+        return (
+            self.num_frames,
+            self.height,
+            self.width,
+            self.fps,
+            self.steps,
+            self.cfg_scale,
+            self.audio_cfg_scale,
+            self.shift,
+            self.guidance,
+            self.bridge_cfg_scale,
+        )
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """Lower-case ASCII slug of ``text`` (runs of other characters become ``-``), at most ``max_len`` chars."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "sample"
+
+
+def request_name(req: Request) -> str:
+    """Deterministic file stem ``<slug(prompt)[:40]>-<sha8(request)>-s<seed>``."""
+    return f"{slugify(req.prompt)}-{req.sha()[:8]}-s{req.seed}"
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line is not None else source
+
+
+def _check(req: Request, where: str, spatial_multiple: int, check_files: bool) -> None:
+    def bad(name: str, why: str) -> RequestError:
+        return RequestError(f"{where}: field {name!r}={getattr(req, name)!r} {why}")
+
+    if not req.prompt.strip():
+        raise bad("prompt", "must be a non-empty string")
+    if req.num_frames < 1 or (req.num_frames - 1) % 4:
+        raise bad("num_frames", "must be 4k + 1 (e.g. 17, 97, 193)")
+    for name in ("height", "width"):
+        value = getattr(req, name)
+        if value < spatial_multiple or value % spatial_multiple:
+            raise bad(name, f"must be a positive multiple of {spatial_multiple} (e.g. 352x640, 720x1280)")
+    if req.fps <= 0:
+        raise bad("fps", "must be > 0")
+    if req.steps < 1:
+        raise bad("steps", "must be >= 1")
+    if req.seed < 0:
+        raise bad("seed", "must be >= 0")
+    if req.shift is not None and req.shift <= 0:
+        raise bad("shift", "must be > 0 (or null for the scheduler's value)")
+    if req.guidance not in ("text", "dual"):
+        raise bad("guidance", "must be 'text' or 'dual'")
+    if check_files and req.first_frame is not None and not Path(req.first_frame).is_file():
+        raise bad("first_frame", "is not a file (relative paths are resolved against the requests file)")
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt": (str,),
+    "negative_prompt": (str,),
+    "first_frame": (str, type(None)),
+    "seed": (int,),
+    "num_frames": (int,),
+    "height": (int,),
+    "width": (int,),
+    "fps": (int, float),
+    "steps": (int,),
+    "cfg_scale": (int, float),
+    "audio_cfg_scale": (int, float, type(None)),
+    "shift": (int, float, type(None)),
+    "guidance": (str,),
+    "bridge_cfg_scale": (int, float),
+}
+
+
+def make_request(
+    entry: dict[str, Any],
+    defaults: SamplingSettings | None = None,
+    *,
+    source: str = "<request>",
+    line: int | None = None,
+    base_dir: str | Path | None = None,
+    spatial_multiple: int = 16,
+    check_files: bool = True,
+) -> Request:
+    """Resolve one request mapping against the defaults and validate it.
+
+    Args:
+        entry: Mapping with ``prompt`` and any `SamplingSettings` field.
+        defaults: Values for missing fields (default: `SamplingSettings()`).
+        source: File name used in error messages.
+        line: Line number used in error messages.
+        base_dir: Folder that relative ``first_frame`` paths are resolved against.
+        spatial_multiple: Height and width must be multiples of this (16 = VAE 8 x DiT patch 2).
+        check_files: Require ``first_frame`` to exist.
+
+    Returns:
+        The resolved `Request` with its ``id``.
+
+    Raises:
+        RequestError: naming ``source:line``, the field and the fix.
+    """
+    where = _where(source, line)
+    if not isinstance(entry, dict):
+        raise RequestError(
+            f"{where}: a request must be a mapping with at least 'prompt', got {type(entry).__name__}"
+        )
+    unknown = sorted(set(entry) - set(_TYPES) - {"id"})
+    if unknown:
+        raise RequestError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(_TYPES)}")
+    if "prompt" not in entry:
+        raise RequestError(f"{where}: field 'prompt' is missing (every request needs a prompt)")
+    values = dataclasses.asdict(defaults or SamplingSettings())
+    values.update({k: v for k, v in entry.items() if k != "id"})
+    for name, types in _TYPES.items():
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise RequestError(f"{where}: field {name!r}={value!r} must be {want}")
+    for name in ("fps", "cfg_scale", "bridge_cfg_scale", "audio_cfg_scale", "shift"):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    if values["first_frame"] is not None and base_dir is not None:
+        path = Path(values["first_frame"]).expanduser()
+        values["first_frame"] = str(path if path.is_absolute() else Path(base_dir) / path)
+    req = Request(**values)
+    _check(req, where, spatial_multiple, check_files)
+    return dataclasses.replace(req, id=request_name(req))
+
+
+def _yaml_entries(path: Path, text: str) -> list[tuple[int | None, Any]]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise RequestError(f"{path}: invalid YAML: {err}") from err
+    if isinstance(data, dict) and "requests" in data:
+        data = data["requests"]
+        node = next(v for k, v in node.value if k.value == "requests")
+    if not isinstance(data, list):
+        raise RequestError(f"{path}: expected a list of requests (or a mapping with a 'requests' list)")
+    lines = [item.start_mark.line + 1 for item in node.value]
+    return list(zip(lines, data, strict=True))
+
+
+def _jsonl_entries(path: Path, text: str) -> list[tuple[int | None, Any]]:
+    out: list[tuple[int | None, Any]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            out.append((number, json.loads(stripped)))
+        except json.JSONDecodeError as err:
+            raise RequestError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from err
+    return out
+
+
+def load_requests(
+    path: str | Path,
+    defaults: SamplingSettings | None = None,
+    *,
+    spatial_multiple: int = 16,
+    check_files: bool = True,
+) -> list[Request]:
+    """Parse a JSONL (``.jsonl``/``.json``) or YAML (``.yaml``/``.yml``) requests file.
+
+    Args:
+        path: The requests file.
+        defaults: Values for fields an entry leaves out.
+        spatial_multiple: Height/width multiple (16).
+        check_files: Require every ``first_frame`` to exist.
+
+    Returns:
+        The requests, in file order.
+
+    Raises:
+        RequestError: on a missing/empty file, bad syntax, or an invalid entry (file, line and field named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(
+            f"requests file {path} does not exist; pass requests=/path/to/requests.jsonl or prompt=..."
+        )
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        entries = _yaml_entries(path, text)
+    elif suffix in (".jsonl", ".json"):
+        entries = _jsonl_entries(path, text)
+    else:
+        raise RequestError(f"{path}: unknown requests format {suffix!r}; use .jsonl or .yaml")
+    if not entries:
+        raise RequestError(f"{path}: no requests found")
+    return [
+        make_request(
+            entry,
+            defaults,
+            source=str(path),
+            line=line,
+            base_dir=path.parent,
+            spatial_multiple=spatial_multiple,
+            check_files=check_files,
+        )
+        for line, entry in entries
+    ]
