@@ -65,3 +65,15 @@ def _deterministic_torch():
     prev_dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(prev_dtype)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA; without it they are skipped (never failed)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

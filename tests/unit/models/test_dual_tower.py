@@ -110,7 +110,9 @@ def test_gradient_checkpointing_same_loss_and_grads():
 def test_forward_backward_reaches_every_trainable_parameter():
     m = mova_tiny()
     x = _inputs(m)
-    loss = sum(out.square().mean() for expert in ("video_dit", "video_dit_2") for out in m(**x, expert=expert))
+    loss = sum(
+        out.square().mean() for expert in ("video_dit", "video_dit_2") for out in m(**x, expert=expert)
+    )
     loss.backward()
     no_grad = [k for k, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert no_grad == []
