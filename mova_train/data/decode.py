@@ -1,8 +1,10 @@
 """Decode one clip (video + audio) from its bytes into the tensors the model trains on.
 
-Everything happens in memory: the shard member bytes go straight to torchcodec's decoders (no temp files), the
-center crop and the resize run inside the decoder (`torchcodec.transforms`), and only the frames of the requested
-time window are decoded.
+Everything happens in memory: the shard member bytes go straight to torchcodec's decoders (no temp files), only the
+frames of the requested time window are decoded, one at a time at source resolution, and each is center-cropped
+(a view) and resized with PyTorch's uint8 antialiased bilinear kernel (the same filter as
+`torchcodec.transforms.Resize`, at about half the CPU; see docs/data.md). FFmpeg threads per decoder split the
+cores among DataLoader workers (`decode_threads`).
 
 Time model. Frame `i` of the output is the source frame on screen at `t_i = start + i / fps` (seconds from the
 first video frame), so any source rate (24, 25, 30000/1001, 60, variable) is resampled to the target `fps` by
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -74,29 +78,87 @@ def to_model_range(video: torch.Tensor) -> torch.Tensor:
     return video.float().div_(127.5).sub_(1.0)
 
 
-def _video_decoder(data: bytes, height: int, width: int, src_h: int, src_w: int, resize_mode: str) -> Any:
-    from torchcodec.decoders import VideoDecoder
-    from torchcodec.transforms import CenterCrop, Resize
+def decode_threads() -> int:
+    """FFmpeg threads for one video decoder: this process's CPU cores split among the DataLoader workers.
 
-    transforms: list[Any] = []
+    Each worker decodes one clip at a time, so `cores // workers` threads keep every core busy without
+    oversubscription (1 per worker on a 2-core machine with 2 workers); capped at 8, where H.264 frame threading
+    stops paying off.
+    """
+    from torch.utils.data import get_worker_info
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    info = get_worker_info()
+    workers = info.num_workers if info is not None else 1
+    return max(1, min(8, cores // max(1, workers)))
+
+
+def _crop_box(src_h: int, src_w: int, height: int, width: int, resize_mode: str) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of the source region that is resized to `height x width`."""
     if resize_mode == "crop":
         ch, cw = crop_size(src_h, src_w, height, width)
-        if (ch, cw) != (src_h, src_w):
-            transforms.append(CenterCrop((ch, cw)))
-        if (ch, cw) != (height, width):
-            transforms.append(Resize((height, width)))
-    elif resize_mode == "stretch":
-        if (src_h, src_w) != (height, width):
-            transforms.append(Resize((height, width)))
-    else:
-        raise ValueError(f"resize_mode must be 'crop' or 'stretch', got {resize_mode!r}")
-    return VideoDecoder(
-        data,
-        dimension_order="NCHW",
-        num_ffmpeg_threads=1,
-        seek_mode="exact",
-        transforms=transforms or None,
-    )
+        return (src_h - ch) // 2, (src_w - cw) // 2, ch, cw
+    if resize_mode == "stretch":
+        return 0, 0, src_h, src_w
+    raise ValueError(f"resize_mode must be 'crop' or 'stretch', got {resize_mode!r}")
+
+
+def _resize_frame(
+    frame: torch.Tensor, box: tuple[int, int, int, int], height: int, width: int
+) -> torch.Tensor:
+    """Crop and resize one decoded frame (bilinear with antialiasing on uint8, the filter of the decoder's `Resize`).
+
+    Args:
+        frame: uint8 `[h, w, 3]` at source resolution.
+        box: (top, left, crop height, crop width).
+        height: Output height `H`.
+        width: Output width `W`.
+
+    Returns:
+        uint8 `[3, H, W]` (channels-last strides).
+    """
+    top, left, ch, cw = box
+    x = frame[top : top + ch, left : left + cw].permute(2, 0, 1).unsqueeze(0)  # [1, 3, ch, cw] view
+    if (ch, cw) == (height, width):
+        return x[0]
+    # PyTorch's fast uint8 kernel wants channels-last contiguous input; a column crop breaks that, so copy it
+    x = x.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)[0]
+
+
+def _decode_frames(
+    data: bytes, times: list[float], box: tuple[int, int, int, int], height: int, width: int, threads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames on screen at `times` (non-decreasing, stream seconds), cropped and resized.
+
+    Frames are decoded one at a time at source resolution (torchcodec's single-frame call converts a 1080p frame to
+    RGB about 2x cheaper than its batch calls) and resized right away with PyTorch's uint8 kernel, so only one
+    source frame is in memory. The decoder reads forward only; a frame shown at several output times is decoded
+    once. Overall about 2x less CPU than the decoder-side `CenterCrop` + `Resize` transforms.
+
+    Returns:
+        uint8 video `[3, F, H, W]` and float64 `[F]` presentation times (seconds) of the frames used.
+    """
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
+    n = len(times)
+    video = torch.empty(3, n, height, width, dtype=torch.uint8)
+    pts = torch.empty(n, dtype=torch.float64)
+    last_pts, last_end = 0.0, -math.inf
+    for i, t in enumerate(times):
+        if i > 0 and t < last_end:  # the previous frame is still on screen
+            video[:, i] = video[:, i - 1]
+        else:
+            frame = decoder.get_frame_played_at(t)
+            video[:, i] = _resize_frame(frame.data, box, height, width)
+            last_pts = frame.pts_seconds
+            last_end = last_pts + frame.duration_seconds
+        pts[i] = last_pts
+    return video, pts
 
 
 def _decode_audio(
@@ -147,6 +209,7 @@ def decode_clip(
     missing_audio: str = "skip",
     pad_short: bool = False,
     output: str = "float",
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Decode the `num_frames / fps` second window of a clip into model-ready tensors.
 
@@ -168,6 +231,8 @@ def decode_clip(
             instead of raising `ClipTooShort` (off by default: padded clips teach the model frozen endings).
         output: "float" for video in [-1, 1] float32, "uint8" for raw pixels (4x less memory between processes;
             convert later with `to_model_range`).
+        num_threads: FFmpeg decoding threads; None splits the cores among DataLoader workers
+            (`decode_threads`).
 
     Returns:
         dict with `video` `[3, F, H, W]`, `first_frame` `[3, H, W]` (same dtype as video), `audio` float32
@@ -218,16 +283,16 @@ def decode_clip(
         )
 
     # 2. video: frames on screen at t_i = start + i / fps
+    box = _crop_box(src_h, src_w, height, width, resize_mode)
     try:
-        decoder = _video_decoder(data, height, width, src_h, src_w, resize_mode)
         last_time = v_end - 0.5 / src_fps  # inside the last frame's display interval
         times = [min(v0 + start + i / fps + _TIME_EPS, last_time) for i in range(num_frames)]
-        batch = decoder.get_frames_played_at(times)
+        video, pts = _decode_frames(
+            data, times, box, height, width, decode_threads() if num_threads is None else num_threads
+        )
     except Exception as err:
         raise DecodeError(f"{source}: video decoding failed ({err})") from err
-    frames = batch.data  # [F, 3, H, W] uint8
-    frame_indices = torch.round((batch.pts_seconds - v0) * src_fps).long()
-    video = frames.permute(1, 0, 2, 3).contiguous()  # [3, F, H, W]
+    frame_indices = torch.round((pts - v0) * src_fps).long()
 
     # 3. audio for the same window
     num_samples = audio_num_samples(num_frames, fps, sample_rate)
