@@ -357,8 +357,21 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         elif name == "text_lens":
             batch[name] = torch.tensor(values, dtype=torch.long)
         else:
-            batch[name] = torch.stack(values)
+            batch[name] = _stack(values)
     return batch
+
+
+def _stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack`, straight into shared memory inside a DataLoader worker (as `default_collate` does), so
+    the batch is not copied again on its way to the main process (a 193-frame 360p clip is 132 MB)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(values)
+    numel = sum(v.numel() for v in values)
+    storage = (
+        values[0].untyped_storage()._new_shared(numel * values[0].element_size(), device=values[0].device)
+    )
+    out = values[0].new(storage).resize_(len(values), *values[0].shape)
+    return torch.stack(values, out=out)
 
 
 def _decode_batch(
