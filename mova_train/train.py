@@ -184,10 +184,11 @@ def _strategy_shape(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer.get("num_nodes", 1) or 1
     )
     if "fsdp2" in target:
+        # FSDP2 shards over the flattened (dp, cp) mesh: every device holds 1/world of the weights.
         cp = int(node.get("context_parallel_size", 1) or 1)
         dp = node.get("data_parallel_size", "auto")
         dp = max(world // cp, 1) if dp in (None, "auto") else int(dp)
-        return {"strategy": "fsdp2", "dp": dp, "cp": cp}
+        return {"strategy": "fsdp2", "dp": dp * cp, "cp": cp}
     if "offload" in target:
         storage = str(node.get("storage", "native"))
         return {
