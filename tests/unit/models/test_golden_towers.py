@@ -5,6 +5,7 @@ Data-driven: configs, weights, inputs and expected tensors all come from the gol
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers.golden import Golden, Recorder, assert_close_all
 
@@ -20,22 +21,13 @@ def _load(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     assert not result.missing_keys and not result.unexpected_keys
 
 
-def test_video_dit_matches_golden(golden_dir):
-    g = Golden(golden_dir, "video_dit")
-    model = VideoDiT(VideoDiTConfig.from_dict(g.config)).eval()
-    _load(model, g.weights())
-    rec = Recorder()
-    rec.watch_tower(model)
-    inputs = g.group("inputs")
-    with torch.no_grad():
-        out = model(inputs["x"], inputs["timestep"], inputs["context"])
-    assert_close_all(g.group("outputs"), {"out": out})
-    assert_close_all(g.group("intermediates"), rec.values)
-
-
-def test_audio_dit_matches_golden(golden_dir):
-    g = Golden(golden_dir, "audio_dit")
-    model = AudioDiT(AudioDiTConfig.from_dict(g.config)).eval()
+@pytest.mark.parametrize(
+    ("name", "tower_cls", "config_cls"),
+    [("video_dit", VideoDiT, VideoDiTConfig), ("audio_dit", AudioDiT, AudioDiTConfig)],
+)
+def test_tower_matches_golden(golden_dir, name, tower_cls, config_cls):
+    g = Golden(golden_dir, name)
+    model = tower_cls(config_cls.from_dict(g.config)).eval()
     _load(model, g.weights())
     rec = Recorder()
     rec.watch_tower(model)
