@@ -250,15 +250,11 @@ class MovaLitModule(LightningModule):
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_seed_for(self.seed + 1, self.global_rank, batch_idx))
         out, lat = self._step(batch, batch_idx, gen)
-        self._log_losses("val", out, int(lat["video_latents"].shape[0]))
+        kw = dict(on_step=False, on_epoch=True, batch_size=int(lat["video_latents"].shape[0]), sync_dist=True)
+        self.log("val/loss", out.loss.detach(), prog_bar=True, **kw)
+        self.log("val/loss_video", out.loss_video.detach(), **kw)
+        self.log("val/loss_audio", out.loss_audio.detach(), **kw)
         return out.loss
-
-    def _log_losses(self, stage: str, out: LossOutput, bsz: int) -> None:
-        on_step = stage == "train"
-        kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=bsz, sync_dist=not on_step)
-        self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **kw)
-        self.log(f"{stage}/loss_video", out.loss_video.detach(), **kw)
-        self.log(f"{stage}/loss_audio", out.loss_audio.detach(), **kw)
 
     def _log_buckets(self, out: LossOutput, bsz: int) -> None:
         n = self.timestep_buckets
