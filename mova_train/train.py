@@ -136,6 +136,7 @@ def ensure_synthetic_data(cfg: DictConfig) -> None:
                 f"--width={int(data.width)}",
                 f"--fps={float(data.fps)}",
                 f"--sample-rate={int(data.sample_rate)}",
+                f"--missing-audio={data.get('missing_audio', 'skip')}",
                 "--device=cpu",
             ]
         )
@@ -317,6 +318,7 @@ def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Pat
     """
     from mova_train.models.codecs import latents_from_cached
     from mova_train.sampling.mux import write_mp4
+    from mova_train.sampling.pipeline import audio_latent_length
     from mova_train.sampling.sampler import sample
 
     encoders = getattr(module, "encoders", None)
@@ -329,43 +331,46 @@ def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Pat
         return None
     s = cfg.sample
     batch = datamodule.finalize_batch(next(iter(datamodule.train_dataloader())), consumed=False)
-    model = module.model
-    was_training = model.training
-    model.eval()
-    device = module.device
-    num_frames = int(s.num_frames)
-    if "video" in batch:  # raw clip: encode its first frame and caption
-        y = encoders.video_vae.encode_first_frame_condition(batch["video"][:1, :, 0].to(device), num_frames)
+    model, device, vae, dac = module.model, module.device, encoders.video_vae, encoders.audio_vae
+    if "video" in batch:  # raw clip: encode its first frame (at the sample's frame count)
+        num_frames = int(s.num_frames)
+        y = vae.encode_first_frame_condition(batch["video"][:1, :, 0].to(device), num_frames)
         context = None
-    else:  # cached clip: its first-frame condition and caption states are in the batch
+    else:  # cached clip: its first-frame condition and caption states are in the batch; it fixes the length
         lat = latents_from_cached(batch)
         y, context = lat["cond"][:1].to(device), lat["context"][:1].to(device)
-    prompt = s.prompt or batch["caption"][0]
+        num_frames = (y.shape[2] - 1) * vae.temporal_factor + 1
+    captions = batch.get("caption") or [""]
+    prompt = s.prompt or captions[0]
     if s.prompt or context is None:
         context = encoders.text_encoder.encode([prompt]).to(device)
     context_neg = None
     if float(s.cfg_scale) != 1.0:
         context_neg = encoders.text_encoder.encode([s.negative_prompt or ""]).to(device)
     gen = torch.Generator().manual_seed(int(s.seed))
-    dac = encoders.audio_vae
-    audio_len = math.ceil(num_frames / float(s.fps) * dac.sample_rate / dac.hop_length)
+    audio_len = audio_latent_length(num_frames, float(s.fps), dac.sample_rate, dac.hop_length)
     video_noise = torch.randn((1, y.shape[1] - 4, *y.shape[2:]), generator=gen).to(device)
     audio_noise = torch.randn((1, dac.latent_dim, audio_len), generator=gen).to(device)
-    result = sample(
-        model,
-        module.objective.scheduler,
-        video_noise=video_noise,
-        audio_noise=audio_noise,
-        y=y,
-        context_pos=context,
-        context_neg=context_neg,
-        num_steps=int(s.num_steps),
-        cfg_scale=float(s.cfg_scale),
-        video_fps=float(s.fps),
-    )
-    video = encoders.video_vae.decode(result.video_latents)[0]
-    wave = dac.decode(result.audio_latents)[0]
-    model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        with module.ema_swapped():
+            result = sample(
+                model,
+                module.objective.scheduler,
+                video_noise=video_noise,
+                audio_noise=audio_noise,
+                y=y,
+                context_pos=context,
+                context_neg=context_neg,
+                num_steps=int(s.num_steps),
+                cfg_scale=float(s.cfg_scale),
+                video_fps=float(s.fps),
+            )
+    finally:
+        model.train(was_training)
+    video = vae.decode(result.video_latents.to(next(vae.parameters()).dtype))[0]
+    wave = dac.decode(result.audio_latents.to(next(dac.parameters()).dtype))[0]
     path = out_dir / "samples" / f"sample_seed{int(s.seed)}.mp4"
     frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 0, 2, 3).cpu()
     write_mp4(path, frames, wave.cpu(), float(s.fps), dac.sample_rate)

@@ -6,7 +6,8 @@ moviepy is needed; environment.md gotcha 14), and summarized as latent statistic
 ``log_metrics``.
 
 Only global rank 0 samples by default (``split_by_rank=False``); with ``split_by_rank=True`` each rank samples
-its share of the requests (use it when every rank holds the full model, i.e. DDP, not sharded FSDP). The
+its share of the requests (DDP, where every rank holds the full model). Under sharded FSDP2 every rank runs
+every request in lockstep (a forward needs all shards) and rank 0 writes and logs. The
 denoiser is the LightningModule's ``model`` (LoRA layers active), switched to eval mode and back.
 """
 
@@ -98,6 +99,8 @@ class ValidationSampling(Callback):
         return enc
 
     def _my_requests(self, trainer: Trainer) -> list[Request]:
+        if _sharded(trainer):
+            return self.requests  # FSDP2: every rank takes part in every forward; rank 0 writes
         if self.split_by_rank:
             return self.requests[trainer.global_rank :: trainer.world_size]
         return self.requests if trainer.is_global_zero else []
@@ -142,6 +145,8 @@ class ValidationSampling(Callback):
         finally:
             model.train(was_training)
         step = trainer.global_step
+        if _sharded(trainer) and not trainer.is_global_zero:
+            return samples
         root = self.output_dir or Path(trainer.default_root_dir) / "samples"
         out_dir = root / f"step{step:07d}"
         paths = [
@@ -171,3 +176,10 @@ class ValidationSampling(Callback):
                 }
                 lg.experiment.log({**media, "trainer/global_step": step})
         logger.info("validation samples at step %d: %s", step, ", ".join(p.name for p in paths))
+
+
+def _sharded(trainer: Trainer) -> bool:
+    """True under FSDP2 (``ModelParallelStrategy``): a forward on one rank alone would wait for its peers."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(trainer.strategy, ModelParallelStrategy) and trainer.world_size > 1

@@ -201,7 +201,10 @@ class MovaDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Resolve shards and build the streams for this rank."""
         if self.trainer is not None:
-            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+            # Shard over data-parallel ranks (context-parallel ranks of one group must read the same batch).
+            kwargs = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) or {}
+            self.rank = int(kwargs.get("rank", self.trainer.global_rank))
+            self.world_size = int(kwargs.get("num_replicas", self.trainer.world_size))
         else:
             self.rank, self.world_size = _rank_world()
         train_shards = resolve_shards(self.shards_spec)
@@ -218,7 +221,8 @@ class MovaDataModule(LightningDataModule):
         """Refuse a latent cache encoded with other settings than this run's (before any training starts)."""
         from mova_train.data.cache import check_cache
 
-        wanted = {k: self.cfg_kwargs[k] for k in ("num_frames", "height", "width", "fps", "sample_rate")}
+        names = ("num_frames", "height", "width", "fps", "sample_rate", "text_len", "missing_audio")
+        wanted = {k: self.cfg_kwargs[k] for k in names}
         for folder in sorted({str(Path(s).parent) for s in shards}):
             if (Path(folder) / "index.json").is_file():
                 check_cache(folder, settings=wanted)

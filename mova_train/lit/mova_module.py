@@ -174,8 +174,14 @@ class MovaLitModule(LightningModule):
 
     def _generator(self, counter: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(_seed_for(self.seed, self.global_rank, counter))
+        gen.manual_seed(_seed_for(self.seed, self._data_rank(), counter))
         return gen
+
+    def _data_rank(self) -> int:
+        """The data-parallel rank: context-parallel ranks of one group share batch, noise and timesteps."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        kwargs = getattr(strategy, "distributed_sampler_kwargs", None) or {}
+        return int(kwargs.get("rank", self.global_rank))
 
     def latents(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The objective's latent dict from a raw (encoders) or cached batch."""

@@ -7,6 +7,7 @@ used only when it is installed **and** explicitly selected with :func:`set_atten
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -47,6 +48,7 @@ def get_attention_backend() -> str:
     return _backend
 
 
+@functools.cache
 def _flash_fn():
     for module in ("flash_attn_interface", "flash_attn"):
         if importlib.util.find_spec(module) is not None:
@@ -76,7 +78,12 @@ def attention(
     """
     b, lq, dim = q.shape
     d = dim // num_heads
-    if _backend == "flash" and key_padding_mask is None and q.is_cuda:
+    if (
+        _backend == "flash"
+        and key_padding_mask is None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+    ):
         out = _flash_fn()(
             q.view(b, lq, num_heads, d), k.view(b, -1, num_heads, d), v.view(b, -1, num_heads, d)
         )

@@ -241,9 +241,7 @@ def save_component(
     payload = {"_class_name": spec.class_name, **config.to_dict()}
     (folder / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    for stale in [*folder.glob("diffusion_pytorch_model*.safetensors"), folder / INDEX_NAME]:
-        if stale.exists():
-            stale.unlink()
+    previous = {*folder.glob("diffusion_pytorch_model*.safetensors"), folder / INDEX_NAME}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
@@ -255,6 +253,7 @@ def save_component(
         size += nbytes
     if len(shards) == 1:
         _atomic_save(shards[0], folder / WEIGHTS_NAME)
+        _remove_stale(previous, keep={folder / WEIGHTS_NAME})
         return folder
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
@@ -263,8 +262,18 @@ def save_component(
         weight_map.update({key: fname for key in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    tmp_index = folder / f"{INDEX_NAME}.tmp"
+    tmp_index.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp_index, folder / INDEX_NAME)
+    _remove_stale(previous, keep={folder / f for f in weight_map.values()} | {folder / INDEX_NAME})
     return folder
+
+
+def _remove_stale(paths: set[Path], keep: set[Path]) -> None:
+    """Delete weight files of an earlier save only after the new ones are complete (a crash keeps the old)."""
+    for path in paths - keep:
+        if path.exists():
+            path.unlink()
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -142,13 +142,6 @@ class LoraSpec:
             "components": self.components,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LoraSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            rank=d["rank"], alpha=d["alpha"], dropout=d.get("dropout", 0.0), components=d["components"]
-        )
-
 
 def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)

@@ -70,6 +70,11 @@ def audio_num_samples(num_frames: int, fps: float, sample_rate: int) -> int:
     return int(sample_rate * num_frames / fps)
 
 
+def audio_latent_length(num_frames: int, fps: float, sample_rate: int, hop_length: int) -> int:
+    """Audio latent frames for a clip: ``(audio_num_samples - 1) // hop + 1`` (403 for 193 frames at 24 fps)."""
+    return (audio_num_samples(num_frames, fps, sample_rate) - 1) // hop_length + 1
+
+
 def request_noise(
     req: Request, video_shape: Sequence[int], audio_shape: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +216,7 @@ class MovaGenerator:
         Returns:
             One `GeneratedSample` per request, in request order.
         """
+        self._restore_high_noise()  # before reading the device: an offloaded expert sits on the CPU
         if device is None:
             device = next(self.denoiser.parameters()).device
         device = torch.device(device)
@@ -242,8 +248,10 @@ class MovaGenerator:
         t0 = time.perf_counter()
         tf, sf = vae.temporal_factor, vae.spatial_factor
         video_shape = (vae.z_dim, (r0.num_frames - 1) // tf + 1, r0.height // sf, r0.width // sf)
-        n_samples = audio_num_samples(r0.num_frames, r0.fps, dac.sample_rate)
-        audio_shape = (dac.latent_dim, (n_samples - 1) // dac.hop_length + 1)
+        audio_shape = (
+            dac.latent_dim,
+            audio_latent_length(r0.num_frames, r0.fps, dac.sample_rate, dac.hop_length),
+        )
         noises = [request_noise(r, video_shape, audio_shape) for r in reqs]
         video_noise = torch.cat([n[0] for n in noises]).to(device)
         audio_noise = torch.cat([n[1] for n in noises]).to(device)
@@ -301,6 +309,7 @@ class MovaGenerator:
             dac_dtype = _param_dtype(dac)
             for i in range(len(reqs)):
                 wave = dac.decode(result.audio_latents[i : i + 1].to(dac_dtype))[0].float()  # [1, L * hop]
+                n_samples = audio_num_samples(r0.num_frames, r0.fps, dac.sample_rate)
                 audios[i] = wave[:, :n_samples].clamp(-1.0, 1.0).cpu()
             timings["decode_audio"] = time.perf_counter() - t0
         logger.info(
@@ -333,4 +342,7 @@ def generate(
 ) -> list[GeneratedSample]:
     """Functional form of `MovaGenerator(...).generate(requests, device)` (keyword args: `MovaGenerator`)."""
     gen = MovaGenerator(denoiser, scheduler, video_vae, audio_vae, text_encoder, **kwargs)
-    return gen.generate(requests, device=device)
+    try:
+        return gen.generate(requests, device=device)
+    finally:
+        gen._restore_high_noise()  # the caller's denoiser must come back whole

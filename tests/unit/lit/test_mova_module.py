@@ -165,3 +165,17 @@ def test_raw_batch_through_tiny_encoders():
     assert torch.isfinite(out.loss) and out.per_sample_audio[1] == 0
     cached = make_batch(0)
     assert enc.encode_batch(cached)["cond"] is cached["cond"]  # latents pass through untouched
+
+
+def test_noise_is_seeded_by_the_data_parallel_rank():
+    """Context-parallel ranks of one group (same data-parallel rank) must draw identical noise and timesteps."""
+    from types import SimpleNamespace
+
+    def draw(global_rank: int, dp_rank: int) -> torch.Tensor:
+        mod = tiny_module(lora=LORA)
+        strategy = SimpleNamespace(distributed_sampler_kwargs={"rank": dp_rank, "num_replicas": 2})
+        mod._trainer = SimpleNamespace(strategy=strategy, global_rank=global_rank)
+        return torch.randn(4, generator=mod._generator(3))
+
+    assert torch.equal(draw(global_rank=0, dp_rank=0), draw(global_rank=1, dp_rank=0))
+    assert not torch.equal(draw(global_rank=0, dp_rank=0), draw(global_rank=2, dp_rank=1))
