@@ -246,14 +246,18 @@ class ShardEncoder:
         skipped: dict[str, list[dict[str, str]]] = {}
         count = 0
         tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}.tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for items in self._batches(url, skipped, bar):
-                for key, latents, record in self.encode_batch(items):
-                    _add_member(tar, f"{key}.{LATENTS_KEY}", latents)
-                    _add_member(tar, f"{key}.{RECORD_KEY}", record)
-                    count += 1
-                bar.update(len(items))
-        os.replace(tmp, out_path)
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                for items in self._batches(url, skipped, bar):
+                    for key, latents, record in self.encode_batch(items):
+                        _add_member(tar, f"{key}.{LATENTS_KEY}", latents)
+                        _add_member(tar, f"{key}.{RECORD_KEY}", record)
+                        count += 1
+                    bar.update(len(items))
+            os.replace(tmp, out_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a crashed run leaves no partial shard behind
+            raise
         marker = {
             "fingerprint": self.fingerprint,
             "name": out_path.name,

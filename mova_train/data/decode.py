@@ -304,6 +304,9 @@ def decode_clip(
             audio = _decode_audio(data, v0 + start, window, num_samples, sample_rate)
         except Exception as err:
             raise DecodeError(f"{source}: audio decoding failed ({err})") from err
+        if audio is None and record.get("has_audio") is True:
+            # build_shards saw an audio stream: failing to open it now is corruption, not a silent clip
+            raise DecodeError(f"{source}: the record has an audio stream but it could not be opened")
     if audio is None:
         if missing_audio == "skip":
             raise MissingAudio(

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from data_tools.make_synthetic import make_clip, read_barcode
-from mova_train.data.decode import ClipTooShort, MissingAudio, audio_num_samples, crop_size, decode_clip
+from mova_train.data.decode import (
+    ClipTooShort,
+    DecodeError,
+    MissingAudio,
+    audio_num_samples,
+    crop_size,
+    decode_clip,
+)
 
 SR = 48000
 CLICKS = [0.5, 1.0, 1.7, 2.2]
@@ -109,6 +116,9 @@ def test_missing_audio_policies(tmp_path):
     out = decode_clip(data, {}, missing_audio="silence", **kw)
     assert out["audio_mask"] is False
     assert out["audio"].shape == (1, audio_num_samples(5, 24.0)) and not out["audio"].any()
+    # the shard record promised audio: an unopenable stream is corruption, never trained as silence
+    with pytest.raises(DecodeError, match="audio stream but it could not be opened"):
+        decode_clip(data, {"has_audio": True}, missing_audio="silence", **kw)
 
 
 def test_crop_size_matches_upstream_center_crop():
