@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -220,14 +219,6 @@ def plan_shards(kept: Sequence[Outcome], max_count: int, max_bytes: int) -> list
     return shards
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # fixed metadata: the same inputs give byte-identical shards
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(path: Path, samples: Sequence[Outcome]) -> int:
     """Write one shard atomically (`.tmp` then rename); return its size in bytes."""
     tmp = path.with_name(path.name + ".tmp")
@@ -239,8 +230,8 @@ def write_shard(path: Path, samples: Sequence[Outcome]) -> int:
                 raise RuntimeError(
                     f"{out.path} changed while the shards were being built; run build_shards again"
                 )
-            _add_member(tar, f"{record.key}.{schema.VIDEO_KEY}", data)
-            _add_member(tar, f"{record.key}.{schema.RECORD_KEY}", record.to_json_bytes())
+            schema.add_member(tar, f"{record.key}.{schema.VIDEO_KEY}", data)
+            schema.add_member(tar, f"{record.key}.{schema.RECORD_KEY}", record.to_json_bytes())
     os.replace(tmp, path)
     return path.stat().st_size
 

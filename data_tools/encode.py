@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from mova_train.data.cache import (
 )
 from mova_train.data.decode import DecodeError, decode_clip
 from mova_train.data.pipeline import iter_shard, parse_record, resolve_shards, shard_counts
-from mova_train.data.schema import LATENTS_KEY, RECORD_KEY, VIDEO_KEY
+from mova_train.data.schema import LATENTS_KEY, RECORD_KEY, VIDEO_KEY, add_member
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +91,6 @@ def module_hashes(encoders: Any) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _marker_path(path: Path) -> Path:
@@ -250,8 +242,8 @@ class ShardEncoder:
             with tarfile.open(tmp, "w") as tar:
                 for items in self._batches(url, skipped, bar):
                     for key, latents, record in self.encode_batch(items):
-                        _add_member(tar, f"{key}.{LATENTS_KEY}", latents)
-                        _add_member(tar, f"{key}.{RECORD_KEY}", record)
+                        add_member(tar, f"{key}.{LATENTS_KEY}", latents)
+                        add_member(tar, f"{key}.{RECORD_KEY}", record)
                         count += 1
                     bar.update(len(items))
             os.replace(tmp, out_path)

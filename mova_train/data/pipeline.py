@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import json
 import logging
 import math
@@ -38,6 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mova_train.data.decode import DecodeError, decode_clip
+from mova_train.data.schema import add_member
 
 logger = logging.getLogger(__name__)
 
@@ -403,6 +403,7 @@ def _bucketed(
         if bucket is None:
             counter.skip("too_short", where, f"duration {record.get('duration')} s fits no bucket {buckets}")
             continue
+        sample["json"] = record  # parsed once; the decode stages read it through `parse_record`
         yield bucket, sample
 
 
@@ -494,7 +495,9 @@ class ValStream(IterableDataset):
         for url, count in zip(self.cfg.shards, self.counts, strict=True):
             if offset + count > lo and offset < hi:
                 for i, sample in enumerate(iter_shard(url)):
-                    if lo <= offset + i < hi:
+                    if offset + i >= hi:
+                        break  # the rest of the shard belongs to the next worker: don't read it
+                    if offset + i >= lo:
                         yield sample
             offset += count
 
@@ -527,6 +530,4 @@ def write_tar(path: str | Path, samples: Iterable[dict[str, Any]]) -> None:
                 if ext == "__key__":
                     continue
                 data = json.dumps(value).encode("utf-8") if isinstance(value, dict) else value
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+                add_member(tar, f"{key}.{ext}", data)

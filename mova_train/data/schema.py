@@ -14,9 +14,11 @@ per-shard counts and, for raw shards, every skipped input grouped by reason.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import re
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,3 +214,12 @@ def shard_urls(folder: str | Path) -> list[str]:
     """Return the shard paths listed in a folder's `index.json`, in order."""
     index = read_index(folder)
     return [str(Path(folder) / shard["name"]) for shard in index["shards"]]
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one member to a shard with fixed metadata (mtime 0), so the same inputs give byte-identical tars."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))

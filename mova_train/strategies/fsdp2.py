@@ -45,6 +45,7 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from mova_train.strategies.checkpoint_convert import META_FILENAME, is_dcp_checkpoint
+from mova_train.strategies.common import target_model
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -235,13 +236,7 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
     # ------------------------------------------------------------------------------------------- setup
 
     def _target_model(self) -> nn.Module:
-        module = getattr(self.lightning_module, self.model_attr, None)
-        if not isinstance(module, nn.Module):
-            raise ValueError(
-                f"fsdp2: the LightningModule has no model at attribute {self.model_attr!r} after configure_model; "
-                f"set strategy.model_attr"
-            )
-        return module
+        return target_model(self.lightning_module, self.model_attr, "fsdp2")
 
     def setup(self, trainer: pl.Trainer) -> None:
         """Apply context parallelism and ``fully_shard`` to the model, then Lightning's setup."""

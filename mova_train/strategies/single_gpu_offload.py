@@ -22,6 +22,7 @@ import torch.nn as nn
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from mova_train.strategies.checkpoint_convert import TopologyCheckpointIO
+from mova_train.strategies.common import target_model
 from mova_train.strategies.offload import BlockStreamer
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,7 @@ class SingleGPUOffloadStrategy(SingleDeviceStrategy):
         self.stream_stats = None  # the last streamer's StreamStats, kept after teardown
 
     def _target_model(self) -> nn.Module:
-        module = getattr(self.lightning_module, self.model_attr, None)
-        if not isinstance(module, nn.Module):
-            raise ValueError(
-                f"single_gpu_offload: the LightningModule has no model at attribute {self.model_attr!r}; set "
-                f"strategy.model_attr to the attribute holding the model with block_classes"
-            )
-        return module
+        return target_model(self.lightning_module, self.model_attr, "single_gpu_offload")
 
     def model_to_device(self) -> None:
         """Install the streamer (frozen block weights to the host store), then move the rest."""
