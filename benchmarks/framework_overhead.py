@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
+from mova_train.codecs.encoders import latents_from_cached
 from mova_train.models.builders import build_dual_tower, tiny_config
-from mova_train.models.codecs import latents_from_cached
 from mova_train.models.lora import LoraSpec, inject_lora, set_trainable
 from mova_train.models.mova import MovaDualTower
 from mova_train.objectives.flow_matching import FlowMatchingObjective

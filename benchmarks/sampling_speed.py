@@ -12,8 +12,8 @@ import time
 import torch
 
 from mova_train.models.builders import build_dual_tower, tiny_config
-from mova_train.models.scheduler import FlowMatchScheduler
 from mova_train.sampling.sampler import sample
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 CONFIGS = {
     # name: (tiny_config kwargs, video latent [C, T', H', W'], audio latent length L, text rows)

@@ -56,9 +56,9 @@ MARKER_SUFFIX = ".done"
 
 def load_checkpoint_encoders(checkpoint: str | Path, dtype: torch.dtype, device: torch.device) -> Any:
     """Load the video VAE, DAC and text encoder of a MOVA checkpoint folder into a `MovaEncoders`."""
+    from mova_train.codecs.encoders import MovaEncoders
+    from mova_train.codecs.text_encoder import MovaTextEncoder
     from mova_train.models.checkpoint import load_component
-    from mova_train.models.codecs import MovaEncoders
-    from mova_train.models.text_encoder import MovaTextEncoder
 
     root = Path(checkpoint)
     if not root.is_dir():
@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.text_len is not None:
             encoders.text_encoder.max_length = args.text_len
     else:
-        from mova_train.models.codecs import tiny_encoders
+        from mova_train.codecs.encoders import tiny_encoders
 
         encoders = tiny_encoders(args.tiny_seed, text_len=args.text_len or 16)
         hashes = module_hashes(encoders)

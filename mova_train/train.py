@@ -316,9 +316,9 @@ def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Pat
     Returns:
         The mp4 path, or None when the run has no encoders to decode with.
     """
-    from mova_train.models.codecs import latents_from_cached
+    from mova_train.codecs.encoders import latents_from_cached
+    from mova_train.sampling.generator import audio_latent_length
     from mova_train.sampling.mux import write_mp4
-    from mova_train.sampling.pipeline import audio_latent_length
     from mova_train.sampling.sampler import sample
 
     encoders = getattr(module, "encoders", None)

@@ -24,7 +24,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from mova_train.models.lora import export_upstream, save_lora
+from mova_train.models.lora import save_lora
+from mova_train.models.lora_upstream import export_upstream
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from mova_train.sampling.generator import GeneratedSample
 from mova_train.sampling.mux import write_mp4
-from mova_train.sampling.pipeline import GeneratedSample
 
 logger = logging.getLogger(__name__)
 

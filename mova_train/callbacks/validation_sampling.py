@@ -23,9 +23,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from mova_train.callbacks.sample_writer import write_sample
-from mova_train.models.scheduler import FlowMatchScheduler
-from mova_train.sampling.pipeline import GeneratedSample, MovaGenerator
+from mova_train.sampling.generator import GeneratedSample, MovaGenerator
 from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class ValidationSampling(Callback):
         if missing:
             raise ValueError(
                 f"ValidationSampling needs a video VAE, an audio VAE and a text encoder; missing {missing}. "
-                f"Pass encoders=... (e.g. mova_train.models.codecs.tiny_encoders) when training on cached latents"
+                f"Pass encoders=... (e.g. mova_train.codecs.encoders.tiny_encoders) when training on cached latents"
             )
         return enc
 

@@ -37,7 +37,6 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mova_train.data.decode import DecodeError, decode_clip
-from mova_train.data.schema import add_member
 
 logger = logging.getLogger(__name__)
 
@@ -512,22 +511,3 @@ class ValStream(IterableDataset):
                 batch = collate(items)
                 batch[STREAM_KEY] = {"split": "val", "worker": worker, "batch": index, **counter.state()}
                 yield batch
-
-
-def encode_safetensors(tensors: dict[str, torch.Tensor]) -> bytes:
-    """Bytes of a safetensors file holding `tensors` (helper for cache writers and tests)."""
-    from safetensors.torch import save
-
-    return save({k: v.contiguous() for k, v in tensors.items()})
-
-
-def write_tar(path: str | Path, samples: Iterable[dict[str, Any]]) -> None:
-    """Write samples `{"__key__": str, <ext>: bytes | dict}` to a tar shard (dicts become JSON)."""
-    with tarfile.open(path, "w") as tar:
-        for sample in samples:
-            key = sample["__key__"]
-            for ext, value in sample.items():
-                if ext == "__key__":
-                    continue
-                data = json.dumps(value).encode("utf-8") if isinstance(value, dict) else value
-                add_member(tar, f"{key}.{ext}", data)

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
 
+from mova_train.codecs.encoders import MovaEncoders, latents_from_cached
 from mova_train.lit.optim import build_param_groups
-from mova_train.models.codecs import MovaEncoders, latents_from_cached
 from mova_train.models.lora import LoraSpec, base_fingerprint, inject_lora, set_trainable
 from mova_train.models.mova import MovaDualTower
 from mova_train.objectives.flow_matching import FlowMatchingObjective, LossOutput

@@ -23,10 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mova_train.models.lora import base_fingerprint
-from mova_train.models.scheduler import FlowMatchScheduler
-from mova_train.sampling.lora_import import apply_loras
-from mova_train.sampling.pipeline import GeneratedSample, MovaGenerator
+from mova_train.models.lora_upstream import apply_loras
+from mova_train.sampling.generator import GeneratedSample, MovaGenerator
 from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class MovaPredictModule(LightningModule):
         merge_lora: Merge the adapters into the base weights (several adapters are always merged).
         batch_cfg: Positive and negative prompt in one forward.
         model_dtype: Denoiser input dtype (e.g. ``torch.bfloat16`` with bf16 weights).
-        release_high_noise: ``"none"``, ``"offload"`` or ``"delete"`` (see `mova_train.sampling.pipeline`).
+        release_high_noise: ``"none"``, ``"offload"`` or ``"delete"`` (see `mova_train.sampling.generator`).
         first_frame_mode: T2AV substitute for requests without an image (``"white"``).
         decode: Decode to frames and audio (False: latents only).
         model_fingerprint: Identity of the base weights for the sidecars (default: computed from the model

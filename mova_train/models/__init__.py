@@ -10,10 +10,8 @@ from mova_train.models.builders import (
     release_config,
     tiny_config,
 )
-from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
 from mova_train.models.configs import AudioDiTConfig, BridgeConfig, ConfigError, VideoDiTConfig
 from mova_train.models.mova import EXPERTS, MovaDualTower
-from mova_train.models.scheduler import FlowMatchScheduler, SchedulerConfig
 from mova_train.models.video_tower import VideoDiT
 
 __all__ = [
@@ -22,10 +20,6 @@ __all__ = [
     "AudioDiTConfig",
     "BridgeConfig",
     "ConfigError",
-    "DACConfig",
-    "FlowMatchScheduler",
-    "SchedulerConfig",
-    "VideoVAEConfig",
     "DualTowerBridge",
     "MovaConfig",
     "MovaDualTower",

@@ -25,14 +25,14 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mova_train.codecs.configs import DACConfig, VideoVAEConfig
+from mova_train.codecs.dac import DAC
+from mova_train.codecs.video_vae import WanVideoVAE
 from mova_train.models.audio_tower import AudioDiT
 from mova_train.models.bridge import DualTowerBridge
-from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
 from mova_train.models.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
-from mova_train.models.dac import DAC
 from mova_train.models.mova import EXPERTS, MovaDualTower
 from mova_train.models.video_tower import VideoDiT
-from mova_train.models.video_vae import WanVideoVAE
 
 __all__ = [
     "COMPONENTS",

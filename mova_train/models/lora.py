@@ -8,8 +8,8 @@ Upstream's substring regex (spec §13.2 pitfall 3) is not reproduced; its effect
 
 Files: ``save_lora`` writes one safetensors file with keys ``<component>.<module path>.lora_A.weight`` /
 ``.lora_B.weight`` (peft's ``.default`` adapter name stripped) and metadata (rank, alpha, dropout, targets,
-base fingerprint). ``export_upstream`` writes the ``lora_weights.pt`` / ``lora_config.pt`` pair read by
-upstream's ``MOVALoRA.from_pretrained_with_lora`` (the one place where a pickle is written).
+base fingerprint). Upstream's ``lora_weights.pt`` / ``lora_config.pt`` format (import and export) lives in
+``mova_train.models.lora_upstream``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ __all__ = [
     "LoraSpec",
     "base_fingerprint",
     "base_state_dict",
-    "export_upstream",
     "inject_lora",
     "load_lora",
     "lora_state_dict",
@@ -392,20 +391,3 @@ def merge_lora(model: nn.Module, unload: bool = True) -> int:
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, layer.get_base_layer())
     return len(layers)
-
-
-def export_upstream(path_dir: str | Path, model: nn.Module, spec: LoraSpec) -> Path:
-    """Write upstream's LoRA inference files (``lora_weights.pt`` flat dict, ``lora_config.pt``).
-
-    Upstream's loader injects LoRA with its accelerate-style targets (attention + FFN + bridge) and copies
-    tensors by key; layers absent from the file keep B = 0, so a narrower spec loads with the same effect.
-    """
-    out = Path(path_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.to("cpu").clone().contiguous() for k, v in lora_state_dict(model).items()}
-    config = {"rank": spec.rank, "alpha": spec.alpha, "target_modules": list(spec.components or {})}
-    for name, obj in (("lora_weights.pt", weights), ("lora_config.pt", config)):
-        tmp = out / (name + ".tmp")
-        torch.save(obj, tmp)
-        tmp.replace(out / name)
-    return out

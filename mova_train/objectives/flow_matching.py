@@ -2,7 +2,7 @@
 
 Formulation (spec §7.1): ``x_sigma = (1 - sigma) * x0 + sigma * eps``, the model sees ``t = 1000 * sigma``
 and regresses the velocity ``eps - x0``. Timesteps are drawn as **indices into the shifted 1000-entry
-training grid** of the :class:`~mova_train.models.scheduler.FlowMatchScheduler` (uniform over the index grid,
+training grid** of the :class:`~mova_train.schedulers.flow_match.FlowMatchScheduler` (uniform over the index grid,
 as upstream; spec §7.3), one per sample (upstream draws one per batch).
 
 Expert routing (the two video experts share the audio tower and the bridge):
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from mova_train.models.scheduler import FlowMatchScheduler
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mova_train.models.scheduler import EulerStep, FlowMatchScheduler
+from mova_train.schedulers.flow_match import EulerStep, FlowMatchScheduler
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mova_train.codecs.encoders import latents_from_cached
 from mova_train.lit import MovaLitModule
 from mova_train.models import mova_tiny
-from mova_train.models.codecs import latents_from_cached
 from mova_train.models.lora import LoraSpec
 from mova_train.objectives import FlowMatchingObjective
 

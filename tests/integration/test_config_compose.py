@@ -60,7 +60,7 @@ def _force_tiny(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.model.denoiser = {"_target_": "mova_train.models.builders.mova_tiny", "experts": experts}
         cfg.model.meta_denoiser = None
-        cfg.model.encoders = {"_target_": "mova_train.models.codecs.tiny_encoders"}
+        cfg.model.encoders = {"_target_": "mova_train.codecs.encoders.tiny_encoders"}
         cfg.model.pop("root", None)
         cfg.trainer.accelerator = "cpu"
         cfg.trainer.devices = 1

@@ -17,6 +17,7 @@ import data_tools.encode as encode_tool
 from data_tools.build_shards import build_shards
 from data_tools.encode import encode_cache, module_hashes
 from data_tools.make_synthetic import make_dataset
+from mova_train.codecs.encoders import tiny_encoders
 from mova_train.data.cache import (
     CacheSettings,
     StaleCacheError,
@@ -25,7 +26,6 @@ from mova_train.data.cache import (
     read_cached_sample,
 )
 from mova_train.data.datamodule import MovaDataModule
-from mova_train.models.codecs import tiny_encoders
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def cache_dir(raw_dir, encoders, tmp_path_factory) -> Path:
         built.append(seed)
         return encoders
 
-    mp.setattr("mova_train.models.codecs.tiny_encoders", shared_tiny)
+    mp.setattr("mova_train.codecs.encoders.tiny_encoders", shared_tiny)
     try:
         argv = [
             "--shards",

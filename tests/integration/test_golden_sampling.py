@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mova_train.codecs.configs import DACConfig, VideoVAEConfig
+from mova_train.codecs.dac import DAC
+from mova_train.codecs.video_vae import WanVideoVAE
 from mova_train.models.audio_tower import AudioDiT
 from mova_train.models.bridge import DualTowerBridge
-from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
 from mova_train.models.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
-from mova_train.models.dac import DAC
 from mova_train.models.mova import MovaDualTower
-from mova_train.models.scheduler import FlowMatchScheduler, SchedulerConfig
 from mova_train.models.video_tower import VideoDiT
-from mova_train.models.video_vae import WanVideoVAE
 from mova_train.sampling import first_frame_condition, sample
+from mova_train.schedulers.flow_match import FlowMatchScheduler, SchedulerConfig
 
 TOL = 1e-4
 SIGMA_TOL = 1e-6

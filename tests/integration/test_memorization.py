@@ -23,12 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
+from mova_train.codecs.encoders import tiny_encoders
 from mova_train.models.builders import mova_tiny
-from mova_train.models.codecs import tiny_encoders
-from mova_train.models.scheduler import FlowMatchScheduler
 from mova_train.objectives.flow_matching import FlowMatchingObjective
-from mova_train.sampling.pipeline import generate
+from mova_train.sampling.generator import generate
 from mova_train.sampling.requests import SamplingSettings, make_request
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import torch
 from lightning.pytorch import Trainer
 
 from mova_train.callbacks.sample_writer import SampleWriter
+from mova_train.codecs.encoders import tiny_encoders
 from mova_train.lit.predict import MovaPredictModule, PredictDataModule, RankSplitSampler, RequestDataset
 from mova_train.models.builders import mova_tiny
-from mova_train.models.codecs import tiny_encoders
+from mova_train.sampling.generator import generate
 from mova_train.sampling.mux import probe_mp4
-from mova_train.sampling.pipeline import generate
 from mova_train.sampling.requests import SamplingSettings, make_request
 
 SETTINGS = {"num_frames": 5, "height": 32, "width": 32, "fps": 8.0, "steps": 2, "cfg_scale": 2.0}

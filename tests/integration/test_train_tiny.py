@@ -13,9 +13,9 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mova_train.callbacks.checkpointing import AtomicCheckpointIO, LoraExport, SigtermCheckpoint
+from mova_train.codecs.encoders import latents_from_cached
 from mova_train.lit.optim import warmup_cosine
 from mova_train.models import mova_tiny
-from mova_train.models.codecs import latents_from_cached
 from mova_train.models.lora import LoraSpec, base_state_dict, load_lora
 
 LORA = LoraSpec(rank=4, alpha=4, preset="attn_ffn")

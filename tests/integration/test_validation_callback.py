@@ -10,8 +10,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from mova_train.callbacks.validation_sampling import ValidationSampling
+from mova_train.codecs.encoders import tiny_encoders
 from mova_train.models.builders import mova_tiny
-from mova_train.models.codecs import tiny_encoders
 
 
 class _TinyFit(LightningModule):

@@ -7,6 +7,7 @@ import tarfile
 
 import pytest
 import torch
+from helpers.shards import encode_safetensors, write_tar
 
 from data_tools.build_shards import build_shards
 from data_tools.make_synthetic import make_clip
@@ -17,10 +18,8 @@ from mova_train.data.pipeline import (
     StreamConfig,
     ValStream,
     assign_bucket,
-    encode_safetensors,
     iter_shard,
     resolve_shards,
-    write_tar,
 )
 
 BUCKETS = [(32, 48, 5), (48, 32, 5), (32, 48, 9)]

@@ -142,7 +142,7 @@ def test_missing_expert_and_bad_checkpoint_are_clear_errors():
 
 
 def test_raw_batch_through_tiny_encoders():
-    from mova_train.models.codecs import tiny_encoders
+    from mova_train.codecs.encoders import tiny_encoders
 
     enc = tiny_encoders(seed=0, text_len=8)
     g = torch.Generator().manual_seed(0)

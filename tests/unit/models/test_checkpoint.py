@@ -8,6 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mova_train.codecs.configs import DACConfig, VideoVAEConfig
+from mova_train.codecs.dac import DAC
+from mova_train.codecs.video_vae import WanVideoVAE
 from mova_train.models import mova_tiny
 from mova_train.models.checkpoint import (
     INDEX_NAME,
@@ -18,9 +21,6 @@ from mova_train.models.checkpoint import (
     save_component,
     save_dual_tower,
 )
-from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
-from mova_train.models.dac import DAC
-from mova_train.models.video_vae import WanVideoVAE
 
 
 def _inputs():

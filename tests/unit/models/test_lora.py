@@ -14,7 +14,6 @@ from mova_train.models.lora import (
     LoraSpec,
     base_fingerprint,
     base_state_dict,
-    export_upstream,
     inject_lora,
     load_lora,
     lora_state_dict,
@@ -23,6 +22,7 @@ from mova_train.models.lora import (
     set_trainable,
     target_names,
 )
+from mova_train.models.lora_upstream import export_upstream
 
 
 def _inputs(seed: int = 0) -> tuple:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mova_train.models.scheduler import FlowMatchScheduler
 from mova_train.objectives import (
     ExpertSelector,
     FlowMatchingObjective,
@@ -16,6 +15,7 @@ from mova_train.objectives import (
     sample_timestep_indices,
     velocity_target,
 )
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 
 def _latents(batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

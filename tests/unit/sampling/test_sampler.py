@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mova_train.models.scheduler import FlowMatchScheduler
 from mova_train.sampling import first_frame_condition, sample
+from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 C, CA, T, H, W, L, LT, DT = 4, 3, 2, 2, 3, 5, 6, 7
 

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from mova_train.models.codec_configs import DACConfig
+from mova_train.codecs.configs import DACConfig
 
 LOGVAR_MIN = -30.0
 LOGVAR_MAX = 20.0

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mova_train.models.codec_configs import DACConfig
-from mova_train.models.dac import DAC
+from mova_train.codecs.configs import DACConfig
+from mova_train.codecs.dac import DAC
 
 TOL = 1e-4
 

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from mova_train.models.scheduler import EulerStep, FlowMatchScheduler
 from mova_train.sampling.preprocess import first_frame_tensor
 from mova_train.sampling.requests import Request
 from mova_train.sampling.sampler import sample
+from mova_train.schedulers.flow_match import EulerStep, FlowMatchScheduler
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 if TYPE_CHECKING:  # the codecs pull in diffusers / transformers: import them only when built
-    from mova_train.models.dac import DAC
-    from mova_train.models.text_encoder import MovaTextEncoder
-    from mova_train.models.video_vae import WanVideoVAE
+    from mova_train.codecs.dac import DAC
+    from mova_train.codecs.text_encoder import MovaTextEncoder
+    from mova_train.codecs.video_vae import WanVideoVAE
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,10 @@ def tiny_encoders(seed: int = 0, text_len: int = 16) -> MovaEncoders:
 
     The video VAE compresses 4x in time and 8x in space; the DAC hop is 8 samples (sample rate 1600).
     """
-    from mova_train.models.codec_configs import DACConfig, VideoVAEConfig
-    from mova_train.models.dac import DAC
-    from mova_train.models.text_encoder import MovaTextEncoder
-    from mova_train.models.video_vae import WanVideoVAE
+    from mova_train.codecs.configs import DACConfig, VideoVAEConfig
+    from mova_train.codecs.dac import DAC
+    from mova_train.codecs.text_encoder import MovaTextEncoder
+    from mova_train.codecs.video_vae import WanVideoVAE
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mova_train.models.scheduler import EulerStep, FlowMatchScheduler, SchedulerConfig
+from mova_train.schedulers.flow_match import EulerStep, FlowMatchScheduler, SchedulerConfig
 
 SIGMA_TOL = 1e-6
 TIMESTEP_TOL = 1e-3

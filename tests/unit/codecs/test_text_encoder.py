@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mova_train.models.text_encoder import DEFAULT_MAX_LENGTH, MovaTextEncoder, prompt_clean
+from mova_train.codecs.text_encoder import DEFAULT_MAX_LENGTH, MovaTextEncoder, prompt_clean
 
 PROMPTS = ["a cat sits on a warm mat", "waves crash on the rocky shore and seagulls cry above the water"]
 

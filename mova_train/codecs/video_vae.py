@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from torch import nn
 
-from mova_train.models.codec_configs import VideoVAEConfig
+from mova_train.codecs.configs import VideoVAEConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from mova_train.models.codec_configs import VideoVAEConfig
-from mova_train.models.video_vae import MASK_CHANNELS, WanVideoVAE
+from mova_train.codecs.configs import VideoVAEConfig
+from mova_train.codecs.video_vae import MASK_CHANNELS, WanVideoVAE
 
 TOL = 1e-4
 PREFIX = "weights.video_vae."

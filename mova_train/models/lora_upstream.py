@@ -24,11 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from mova_train.models.lora import COMPONENTS, LoraError, LoraSpec, inject_lora, load_lora, merge_lora
+from mova_train.models.lora import (
+    COMPONENTS,
+    LoraError,
+    LoraSpec,
+    inject_lora,
+    load_lora,
+    lora_state_dict,
+    merge_lora,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_loras", "file_fingerprint", "load_upstream_lora", "read_upstream_lora"]
+__all__ = ["apply_loras", "export_upstream", "file_fingerprint", "load_upstream_lora", "read_upstream_lora"]
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?(?:\.weight)?$")
 
@@ -195,3 +203,20 @@ def apply_loras(model: nn.Module, loras: list[dict[str, Any]], merge: bool = Fal
             }
         )
     return infos
+
+
+def export_upstream(path_dir: str | Path, model: nn.Module, spec: LoraSpec) -> Path:
+    """Write upstream's LoRA inference files (``lora_weights.pt`` flat dict, ``lora_config.pt``).
+
+    Upstream's loader injects LoRA with its accelerate-style targets (attention + FFN + bridge) and copies
+    tensors by key; layers absent from the file keep B = 0, so a narrower spec loads with the same effect.
+    """
+    out = Path(path_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.to("cpu").clone().contiguous() for k, v in lora_state_dict(model).items()}
+    config = {"rank": spec.rank, "alpha": spec.alpha, "target_modules": list(spec.components or {})}
+    for name, obj in (("lora_weights.pt", weights), ("lora_config.pt", config)):
+        tmp = out / (name + ".tmp")
+        torch.save(obj, tmp)
+        tmp.replace(out / name)
+    return out

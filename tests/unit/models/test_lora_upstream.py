@@ -9,12 +9,11 @@ from mova_train.models.builders import mova_tiny
 from mova_train.models.lora import (
     LoraError,
     LoraSpec,
-    export_upstream,
     inject_lora,
     lora_state_dict,
     save_lora,
 )
-from mova_train.sampling.lora_import import apply_loras, load_upstream_lora
+from mova_train.models.lora_upstream import apply_loras, export_upstream, load_upstream_lora
 
 
 def _inputs():
