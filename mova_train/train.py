@@ -57,6 +57,12 @@ def check_config(cfg: DictConfig) -> None:
             f"model.root={root} does not exist: download the release checkpoint there or set "
             f"paths.checkpoint_dir=/path/holding/MOVA-360p (or model.root=...)"
         )
+    expert = cfg.get("expert")
+    if expert is not None and cfg.objective.get("expert_mode") != "single":
+        raise ConfigError(
+            f"expert={expert} loads one video expert but objective.expert_mode={cfg.objective.expert_mode} "
+            f"routes steps to both; drop the objective.expert_mode override (expert= sets it to single)"
+        )
     if cfg.lora is None and not cfg.module.get("full_finetune"):
         raise ConfigError(
             "lora=none trains nothing: set module.full_finetune=[dual_tower_bridge] (or pick a lora)"
@@ -170,7 +176,7 @@ def build_module(cfg: DictConfig, denoiser: torch.nn.Module | None = None) -> An
         model=model,
         objective=instantiate(cfg.objective, _convert_="all"),
         optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         lora=instantiate(cfg.lora, _convert_="all") if cfg.get("lora") else None,
         encoders=encoders,
     )

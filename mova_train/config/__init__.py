@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import OmegaConf
 
 from mova_train.config.schema import (
     DataConfig,
@@ -19,7 +20,10 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "conf_dir",
+    "expert_mode_of",
+    "experts_of",
     "register_configs",
+    "register_resolvers",
     "torch_dtype",
 ]
 
@@ -61,4 +65,36 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
+def experts_of(expert: str | None) -> list[str]:
+    """The video experts a run loads for the top-level `expert` key (resolver `${mova.experts:${expert}}`).
+
+    Args:
+        expert: None (both experts, the release pipeline) or the one expert a run trains, `video_dit` (high
+            noise, t >= the expert boundary) or `video_dit_2` (low noise).
+
+    Raises:
+        ValueError: on any other name (Hydra reports it with the key being resolved).
+    """
+    from mova_train.models.mova import EXPERTS
+
+    if expert is None:
+        return list(EXPERTS)
+    if expert not in EXPERTS:
+        raise ValueError(f"expert={expert!r}: use null (both video experts), {' or '.join(EXPERTS)}")
+    return [str(expert)]
+
+
+def expert_mode_of(expert: str | None, mode: str) -> str:
+    """The objective's expert routing for the `expert` key (resolver `${mova.expert_mode:${expert},MODE}`):
+    `single` when one expert is chosen, else `mode` (`alternate` or `by_timestep`)."""
+    return mode if expert is None else "single"
+
+
+def register_resolvers() -> None:
+    """Register the `mova.*` OmegaConf resolvers the configs use (idempotent; done on import)."""
+    OmegaConf.register_new_resolver("mova.experts", experts_of, replace=True)
+    OmegaConf.register_new_resolver("mova.expert_mode", expert_mode_of, replace=True)
+
+
 register_configs()
+register_resolvers()

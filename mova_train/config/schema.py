@@ -143,6 +143,8 @@ class TrainConfig:
         task_name: Names the output folder (`outputs/<task_name>/...`) and the W&B group default.
         seed: Global seed (`lightning.seed_everything`), also the default seed of the model init and the data stream.
         tags: Free-form tags for the loggers.
+        expert: None trains both video experts; `video_dit` or `video_dit_2` loads and trains that one only
+            (the model's experts, the objective's routing and the LoRA targets follow it).
         ckpt_path: Resume from this Lightning checkpoint; `last` resumes from the run's newest checkpoint.
         show: Build the model on the meta device, log parameter counts and a memory estimate, and exit.
         sample_after_fit: Sample one clip to mp4 after training (needs the sampler pieces, see `train.py`).
@@ -153,7 +155,7 @@ class TrainConfig:
         data: The datamodule, from `conf/data/` (schema `DataConfig`).
         strategy: A Lightning strategy config (`_target_`) or `{name: auto}`, from `conf/strategy/`.
         optimizer: A partial optimizer, from `conf/optimizer/`.
-        scheduler: A partial LR scheduler or null, from `conf/scheduler/`.
+        lr_scheduler: A partial LR scheduler or null, from `conf/lr_scheduler/`.
         objective: The flow-matching objective, from `conf/objective/`.
         module: The LightningModule's remaining arguments (`_target_`, EMA, gradient checkpointing, ...).
         trainer: Trainer arguments, from `conf/trainer/` (schema `TrainerConfig`).
@@ -168,6 +170,7 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = 0
     tags: list[str] = field(default_factory=list)
+    expert: str | None = None
     ckpt_path: str | None = None
     show: bool = False
     sample_after_fit: bool = False
@@ -178,7 +181,7 @@ class TrainConfig:
     data: Any = MISSING
     strategy: Any = MISSING
     optimizer: Any = MISSING
-    scheduler: Any = None
+    lr_scheduler: Any = None
     objective: Any = MISSING
     module: Any = MISSING
     trainer: Any = MISSING

@@ -10,10 +10,16 @@ from mova_train.models.audio_tower import AudioDiT
 from mova_train.models.bridge import DualTowerBridge
 from mova_train.models.video_tower import VideoDiT
 
-__all__ = ["EXPERTS", "MovaDualTower"]
+__all__ = ["COMPONENTS", "EXPERTS", "HIGH_NOISE_EXPERT", "LOW_NOISE_EXPERT", "MovaDualTower"]
 
-EXPERTS = ("video_dit", "video_dit_2")
-"""High-noise expert (used while t >= 900) and low-noise expert."""
+HIGH_NOISE_EXPERT = "video_dit"
+"""The video expert of high noise levels (timesteps at or above the expert boundary, 900 in the release)."""
+LOW_NOISE_EXPERT = "video_dit_2"
+"""The video expert of low noise levels (below the boundary)."""
+EXPERTS = (HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT)
+"""Both video experts, high noise first."""
+COMPONENTS = (HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, "audio_dit", "dual_tower_bridge")
+"""The denoiser's components: its child modules and the release folder's subfolders of the same names."""
 
 
 class MovaDualTower(nn.Module):

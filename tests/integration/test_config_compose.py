@@ -26,7 +26,7 @@ GROUPS = [
     "data",
     "strategy",
     "optimizer",
-    "scheduler",
+    "lr_scheduler",
     "objective",
     "trainer",
     "logger",
@@ -83,9 +83,9 @@ def _instantiate_all(cfg: DictConfig) -> dict:
         "plugins": _instantiate_mapping(cfg.get("plugins"), "plugins"),
         "strategy": build_strategy(cfg.strategy),
     }
-    if cfg.get("scheduler"):
+    if cfg.get("lr_scheduler"):
         opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
-        parts["lr_scheduler"] = instantiate(cfg.scheduler)(opt)
+        parts["lr_scheduler"] = instantiate(cfg.lr_scheduler)(opt)
     trainer_kwargs = {"logger": False, "callbacks": parts["callbacks"], "plugins": parts["plugins"] or None}
     # accelerator-specific strategies (cuda:0, hccl, model parallel) are checked as objects above; the Trainer
     # itself is built on the CPU with Lightning's default strategy
@@ -115,7 +115,7 @@ def test_expected_recipes_exist() -> None:
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_group_option_composes_and_instantiates(group: str, option: str, tmp_path: Path) -> None:
     # LR schedules warm up for 100 steps: give them a real run length (the tiny default stops at 30)
-    extra = ["trainer.max_steps=1000"] if group == "scheduler" else []
+    extra = ["trainer.max_steps=1000"] if group == "lr_scheduler" else []
     cfg = _compose(tmp_path, [f"{group}={option}", *extra])
     if group == "lora" and option == "none":
         assert cfg.lora is None
@@ -193,3 +193,57 @@ def test_config_checks_fail_early(tmp_path: Path) -> None:
         check_config(_compose(tmp_path, ["data.height=40"]))
     with pytest.raises(ConfigError, match="model.root"):
         check_config(_compose(tmp_path, ["model=release_360p", "data=shards_cached"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "experts", "mode"),
+    [
+        ([], ["video_dit", "video_dit_2"], "alternate"),
+        (["expert=video_dit"], ["video_dit"], "single"),
+        (["objective=per_sample"], ["video_dit", "video_dit_2"], "by_timestep"),
+        (["objective=per_sample", "expert=video_dit_2"], ["video_dit_2"], "single"),
+        (["+recipe=lora_low_resource"], ["video_dit_2"], "single"),
+        (["+recipe=lora_low_resource", "expert=video_dit"], ["video_dit"], "single"),
+    ],
+)
+def test_one_expert_key_sets_model_objective_and_lora(
+    overrides: list[str], experts: list[str], mode: str, tmp_path: Path
+) -> None:
+    cfg = _compose(tmp_path, overrides)
+    assert list(cfg.model.denoiser.experts) == experts
+    assert cfg.objective.expert_mode == mode
+    assert cfg.objective.expert == (experts[0] if mode == "single" else None)
+    module = _instantiate_all(_force_tiny(cfg))["module"]
+    module.configure_model()
+    loaded = [e for e in ("video_dit", "video_dit_2") if getattr(module.model, e) is not None]
+    assert loaded == experts
+    lora_experts = {n.split(".")[1] for n in module.trainable_names if ".lora_" in n} & {
+        "video_dit",
+        "video_dit_2",
+    }
+    assert lora_experts == set(experts)
+
+
+def test_bad_expert_is_refused(tmp_path: Path) -> None:
+    from mova_train.train import ConfigError, check_config
+
+    with pytest.raises(Exception, match="video_dit_3"):
+        OmegaConf.to_container(_compose(tmp_path, ["expert=video_dit_3"]).model, resolve=True)
+    with pytest.raises(ConfigError, match="expert_mode"):
+        check_config(_compose(tmp_path, ["expert=video_dit", "objective.expert_mode=alternate"]))
+
+
+def test_lora_options_name_targets_and_take_rank_alpha(tmp_path: Path) -> None:
+    cfg = _compose(tmp_path, ["lora=attn_ffn", "lora.rank=8", "lora.alpha=4"])
+    from hydra.utils import instantiate
+
+    spec = instantiate(cfg.lora)
+    assert (spec.rank, spec.alpha) == (8, 4.0)
+    assert "ffn.0" in spec.components["audio_dit"]
+    assert {p.stem for p in (CONF / "lora").glob("*.yaml")} == {
+        "attn",
+        "attn_ffn",
+        "upstream",
+        "bridge",
+        "none",
+    }
