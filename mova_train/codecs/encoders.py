@@ -26,8 +26,8 @@ __all__ = ["MovaEncoders", "latents_from_cached", "tiny_encoders"]
 
 def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Map a cached-mode batch (``video_latents``, ``cond`` (mask + condition latent), ``audio_latents``,
-    ``text_embeds``, ``audio_mask``) to the objective's names (``video_latents``, ``cond``, ``audio_latents``,
-    ``context``, ``audio_mask``). Batches already in the objective's layout pass through."""
+    ``text_embeds``, ``audio_mask``, ``empty_latents``) to the objective's names (``video_latents``, ``cond``,
+    ``audio_latents``, ``context``, ``audio_mask``, ``empty_latents``). Batches already in the objective's layout pass through."""
     out: dict[str, torch.Tensor] = {}
     for src, dst in (
         ("video_latents", "video_latents"),
@@ -36,6 +36,7 @@ def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         ("text_embeds", "context"),
         ("context", "context"),
         ("audio_mask", "audio_mask"),
+        ("empty_latents", "empty_latents"),
     ):
         if src in batch:
             out[dst] = batch[src]
@@ -67,6 +68,7 @@ class MovaEncoders(nn.Module):
         self.video_vae = video_vae
         self.audio_vae = audio_vae
         self.text_encoder = text_encoder
+        self._empty: dict[tuple[Any, ...], torch.Tensor] = {}
         self.requires_grad_(False)
         self.eval()
 
@@ -88,17 +90,29 @@ class MovaEncoders(nn.Module):
         return self.text_encoder.encode([""])[0]
 
     @torch.no_grad()
-    def encode_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def empty_latents(self, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """The normalized latent of an all-zero clip ``[1, z, T', H/8, W/8]`` (computed once per size)."""
+        vae = self._need("video_vae", "empty_latents")
+        param = next(vae.parameters())
+        key = (num_frames, height, width, param.device, param.dtype)
+        if key not in self._empty:
+            self._empty[key] = vae.encode_empty(num_frames, height, width)
+        return self._empty[key]
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any], empty_latents: bool = False) -> dict[str, torch.Tensor]:
         """Encode a raw batch; latent fields already present are kept as they are.
 
         Args:
             batch: ``video [B, 3, F, H, W]`` in [-1, 1], optional ``first_frame [B, 3, H, W]`` (default: frame 0),
                 ``audio [B, 1, S]``, ``caption`` list of B strings, optional ``audio_mask`` bool ``[B]``; or the
                 cached-mode fields (see :func:`latents_from_cached`).
+            empty_latents: also return the latent of an all-zero clip of the batch's size (the no-frame
+                condition of text-to-audio+video).
 
         Returns:
             ``video_latents [B, z, T', H/8, W/8]``, ``cond [B, 4 + z, T', H/8, W/8]``, ``audio_latents [B, Ca, L]``,
-            ``context [B, Lt, D]`` and ``audio_mask`` when given.
+            ``context [B, Lt, D]``, ``audio_mask`` when given and ``empty_latents [B, z, T', H/8, W/8]`` when asked.
         """
         out = dict(batch)
         if "video" in batch and "video_latents" not in batch:
@@ -107,6 +121,9 @@ class MovaEncoders(nn.Module):
             out["video_latents"] = vae.encode(video)
             first = batch.get("first_frame", video[:, :, 0])
             out["cond"] = vae.encode_first_frame_condition(first, video.shape[2])
+            if empty_latents and "empty_latents" not in batch:
+                b, _, f, h, w = video.shape
+                out["empty_latents"] = self.empty_latents(f, h, w).expand(b, -1, -1, -1, -1)
         if "audio" in batch and "audio_latents" not in batch:
             dac = self._need("audio_vae", "audio")
             out["audio_latents"] = dac.encode(batch["audio"])

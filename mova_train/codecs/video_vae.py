@@ -182,3 +182,22 @@ class WanVideoVAE(nn.Module):
         mask = torch.zeros(b, MASK_CHANNELS, *latent.shape[2:], dtype=latent.dtype, device=latent.device)
         mask[:, :, 0] = 1.0
         return torch.cat([mask, latent], dim=1)
+
+    def encode_empty(self, num_frames: int, height: int, width: int, batch: int = 1) -> torch.Tensor:
+        """Normalized latent of an all-zero clip (exact 0.0 in [-1, 1], i.e. mid-grey): the latent half of the
+        "no frame" condition of text-to-audio+video (whose 4 mask channels are all 0).
+
+        Args:
+            num_frames: pixel frames (4k + 1).
+            height: frame height.
+            width: frame width.
+            batch: rows of the result (the same latent repeated).
+
+        Returns:
+            [batch, z, (num_frames - 1) // 4 + 1, height / 8, width / 8] in the parameters' dtype and device.
+        """
+        param = next(self.vae.parameters())
+        zeros = torch.zeros(
+            1, self.cfg.in_channels, num_frames, height, width, dtype=param.dtype, device=param.device
+        )
+        return self.encode(zeros).expand(batch, -1, -1, -1, -1)

@@ -144,7 +144,7 @@ class MovaLitModule(LightningModule):
     def _prepare_model(self) -> None:
         model = self.model
         assert model is not None
-        for expert in self.objective.selector.experts:
+        for expert in self.objective.experts:
             model.expert(expert)  # raises a clear error if the expert this run trains is not loaded
         self._fingerprint = base_fingerprint(model)
         if self.lora is not None:
@@ -186,7 +186,7 @@ class MovaLitModule(LightningModule):
     def latents(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The objective's latent dict from a raw (encoders) or cached batch."""
         if self.encoders is not None:
-            return self.encoders.encode_batch(batch)
+            return self.encoders.encode_batch(batch, empty_latents=self.objective.needs_empty_latents)
         return latents_from_cached(batch)
 
     def _step(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> tuple[LossOutput, dict]:
@@ -229,6 +229,9 @@ class MovaLitModule(LightningModule):
         kw = dict(on_step=True, on_epoch=False, batch_size=bsz)
         self.log("train/loss_video", out.loss_video.detach(), **kw)
         self.log("train/loss_audio", out.loss_audio.detach(), **kw)
+        if self.objective.mix.single != "i2av":
+            for name, (value, count) in out.mode_losses().items():
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=count)
         self._log_buckets(out, bsz)
         opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
         if opt is not None:

@@ -1,4 +1,4 @@
-"""Training objectives (pure tensor code): flow matching, timestep sampling, expert routing."""
+"""Training objectives (pure tensor code): flow matching, timestep sampling, expert routing, conditioning modes."""
 
 from mova_train.objectives.flow_matching import (
     EXPERT_MODES,
@@ -13,17 +13,21 @@ from mova_train.objectives.flow_matching import (
     sample_timestep_indices,
     velocity_target,
 )
+from mova_train.objectives.modes import CONDITIONING_MODES, ModeMix, no_frame_condition
 
 __all__ = [
+    "CONDITIONING_MODES",
     "EXPERT_MODES",
     "ExpertChoice",
     "ExpertSelector",
     "FlowMatchingObjective",
     "LossOutput",
+    "ModeMix",
     "TimestepSampler",
     "add_noise",
     "caption_dropout",
     "masked_mse",
+    "no_frame_condition",
     "sample_timestep_indices",
     "velocity_target",
 ]

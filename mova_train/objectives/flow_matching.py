@@ -21,12 +21,13 @@ Losses are computed in float32 whatever the activation dtype (upstream's bf16 ta
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from mova_train.objectives.modes import CONDITIONING_MODES, TRAINED_STREAMS, ModeMix, no_frame_condition
 from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 log = logging.getLogger(__name__)
@@ -248,13 +249,50 @@ class ExpertSelector:
             return ExpertChoice(expert, 0.0, self.boundary)
         return ExpertChoice(expert, self.boundary, 1.0)
 
-    def __call__(self, step: int, generator: torch.Generator | None) -> ExpertChoice:
-        """Expert and range for optimizer step ``step``."""
+    def check_low_noise_share(self, q: float) -> None:
+        """Refuse a share ``q`` of samples that need the low-noise expert (v2a) this routing cannot give."""
+        if q <= 0.0:
+            return
+        if self.mode == "single" and self.expert == HIGH_NOISE_EXPERT:
+            raise ValueError(
+                "objective.mode has v2a (video at t = 0, run by the low-noise expert video_dit_2), but "
+                "expert_mode=single trains only video_dit; use expert=video_dit_2 or drop v2a"
+            )
+        if self.mode == "alternate" and 0.5 < q < 1.0:
+            raise ValueError(
+                f"objective.mode: a v2a share of {q} needs more than the half of the steps that "
+                "expert_mode=alternate gives the low-noise expert; use expert_mode=by_timestep"
+            )
+
+    def low_noise_share(self, q: float = 0.0) -> float:
+        """Probability that a step runs the low-noise expert when a share ``q`` of samples needs it."""
+        if self.mode == "single":
+            return 1.0 if self.expert == LOW_NOISE_EXPERT else 0.0
+        if q >= 1.0:
+            return 1.0
+        if self.mode == "alternate":
+            return 0.5
+        return 1.0 - self.boundary * (1.0 - q)
+
+    def __call__(
+        self, step: int, generator: torch.Generator | None, low_noise_share: float = 0.0
+    ) -> ExpertChoice:
+        """Expert and range for optimizer step ``step``.
+
+        Args:
+            step: optimizer step.
+            generator: draws the expert in ``"by_timestep"`` mode.
+            low_noise_share: share of samples that need the low-noise expert whatever their timestep (v2a:
+                the video is clean); ``"by_timestep"`` then picks the high-noise expert with probability
+                ``boundary * (1 - share)``, and a share of 1 always picks the low-noise expert.
+        """
         if self.mode == "single":
             return self.range_of(self.expert)  # type: ignore[arg-type]
+        if low_noise_share >= 1.0:
+            return self.range_of(LOW_NOISE_EXPERT)
         if self.mode == "alternate":
             return self.range_of(HIGH_NOISE_EXPERT if step % 2 == 0 else LOW_NOISE_EXPERT)
-        high = bool(_uniform(1, generator)[0] < self.boundary)
+        high = bool(_uniform(1, generator)[0] < self.boundary * (1.0 - low_noise_share))
         return self.range_of(HIGH_NOISE_EXPERT if high else LOW_NOISE_EXPERT)
 
 
@@ -264,15 +302,17 @@ class LossOutput:
 
     Attributes:
         loss: weighted total, scalar float32 (what is back-propagated).
-        loss_video: mean video MSE over the batch, scalar.
-        loss_audio: mean audio MSE over samples with audio (0 when none has audio), scalar.
-        timesteps: ``[B]`` video timesteps (``1000 * sigma``) float32.
-        audio_timesteps: ``[B]`` audio timesteps float32.
+        loss_video: mean video MSE over the samples whose video is trained (0 when none), scalar.
+        loss_audio: mean audio MSE over the samples whose audio is trained and present (0 when none), scalar.
+        timesteps: ``[B]`` video timesteps (``1000 * sigma``; 0 for a clean video) float32.
+        audio_timesteps: ``[B]`` audio timesteps float32 (0 for a clean audio).
         expert: the video expert that ran.
-        per_sample_video: ``[B]`` detached per-sample video MSE.
-        per_sample_audio: ``[B]`` detached per-sample audio MSE (0 where audio is masked).
+        per_sample_video: ``[B]`` detached per-sample video MSE (0 where the video is not trained).
+        per_sample_audio: ``[B]`` detached per-sample audio MSE (0 where audio is masked or not trained).
         audio_mask: ``[B]`` bool, samples whose audio counted.
         dropped_captions: ``[B]`` bool, samples whose caption was dropped.
+        modes: the conditioning mode of each sample (see :mod:`mova_train.objectives.modes`).
+        video_weight: ``[B]`` float, 1 where the video loss counts.
     """
 
     loss: torch.Tensor
@@ -285,6 +325,28 @@ class LossOutput:
     per_sample_audio: torch.Tensor
     audio_mask: torch.Tensor
     dropped_captions: torch.Tensor
+    modes: tuple[str, ...] = ()
+    video_weight: torch.Tensor | None = None
+
+    def mode_losses(self) -> dict[str, tuple[torch.Tensor, int]]:
+        """``{"loss_<mode>_<stream>": (mean loss, sample count)}`` for every mode present and stream it trains."""
+        out: dict[str, tuple[torch.Tensor, int]] = {}
+        batch = self.per_sample_video.shape[0]
+        video_w = self.video_weight if self.video_weight is not None else torch.ones(batch)
+        weights = {"video": video_w.to(self.per_sample_video.device) > 0, "audio": self.audio_mask}
+        per = {"video": self.per_sample_video, "audio": self.per_sample_audio}
+        for mode in dict.fromkeys(self.modes):
+            in_mode = torch.tensor([m == mode for m in self.modes], device=self.per_sample_video.device)
+            for stream in TRAINED_STREAMS[mode]:
+                sel = in_mode & weights[stream].to(in_mode.device)
+                n = int(sel.sum())
+                if n:
+                    out[f"loss_{mode}_{stream}"] = (per[stream][sel].mean(), n)
+        return out
+
+
+def _weighted_mean(per: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 class FlowMatchingObjective:
@@ -302,6 +364,9 @@ class FlowMatchingObjective:
             ``scheduler.training_boundary``.
         caption_dropout: probability of replacing a sample's text context by the unconditional one.
         timestep_sampler: index sampler (default uniform over the index grid).
+        mode: conditioning mode or per-sample mix (see :mod:`mova_train.objectives.modes`); ``"i2av"`` is the
+            release training.
+        a2v_first_frame: share of ``a2v`` samples that keep the first-frame condition.
     """
 
     def __init__(
@@ -315,6 +380,8 @@ class FlowMatchingObjective:
         boundary_timestep: float = 900.0,
         caption_dropout: float = 0.0,
         timestep_sampler: TimestepSampler | None = None,
+        mode: str | Mapping[str, float] = "i2av",
+        a2v_first_frame: float = 0.5,
     ) -> None:
         self.scheduler = scheduler if scheduler is not None else FlowMatchScheduler()
         if video_weight < 0 or audio_weight < 0 or video_weight + audio_weight == 0:
@@ -330,6 +397,14 @@ class FlowMatchingObjective:
         self.selector = ExpertSelector(expert_mode, self.boundary, expert)
         self.caption_dropout = float(caption_dropout)
         self.sampler = timestep_sampler or TimestepSampler()
+        self.mix = ModeMix(mode, a2v_first_frame)
+        self.selector.check_low_noise_share(self.mix.v2a_share)
+        trained = [s for s, w in (("video", video_weight), ("audio", audio_weight)) if w > 0]
+        if not any(self.mix.trains(s) for s in trained):
+            raise ValueError(
+                f"objective.mode {self.mix.probs} trains no stream with a positive loss weight "
+                f"(video_weight={video_weight}, audio_weight={audio_weight})"
+            )
         self.null_context: torch.Tensor | None = None
 
     @property
@@ -337,9 +412,43 @@ class FlowMatchingObjective:
         """Size of the training grid."""
         return self.scheduler.num_train_timesteps
 
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """The video experts this objective can run (the model must hold all of them)."""
+        if self.mix.v2a_share >= 1.0:
+            return (LOW_NOISE_EXPERT,)
+        return self.selector.experts
+
+    @property
+    def needs_empty_latents(self) -> bool:
+        """Whether batches must carry ``empty_latents`` (some sample can get the no-frame condition)."""
+        return self.mix.uses_no_frame
+
     def sigmas_of(self, indices: torch.Tensor) -> torch.Tensor:
         """float32 sigmas ``[B]`` of training-grid indices (on the indices' device)."""
         return self.scheduler.train_sigmas.to(indices.device)[indices]
+
+    def _condition(
+        self, batch_latents: dict[str, torch.Tensor], modes: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The video conditioning ``y`` per sample: the batch's first-frame condition or the no-frame one."""
+        cond = batch_latents["cond"]
+        if not self.mix.uses_no_frame:
+            return cond
+        no_frame = modes == CONDITIONING_MODES.index("t2av")
+        if "a2v" in self.mix.probs and self.mix.a2v_first_frame < 1.0:
+            drop = _uniform(modes.shape[0], generator) >= self.mix.a2v_first_frame
+            no_frame |= (modes == CONDITIONING_MODES.index("a2v")) & drop
+        if "empty_latents" not in batch_latents:
+            raise KeyError(
+                f"objective.mode {self.mix.probs} gives some samples the no-frame condition, which needs "
+                "`empty_latents` (the latent of an all-zero clip) in the batch: raw training computes it with "
+                "the video VAE; a latent cache made before it stored them must be re-encoded "
+                "(`python -m data_tools.encode ... --resume` only adds them)"
+            )
+        y = no_frame_condition(batch_latents["empty_latents"].to(device=cond.device, dtype=cond.dtype))
+        keep = no_frame.to(cond.device).view(-1, *([1] * (cond.dim() - 1)))
+        return torch.where(keep, y, cond)
 
     def __call__(
         self,
@@ -354,10 +463,11 @@ class FlowMatchingObjective:
         Args:
             model: a ``MovaDualTower`` (or any callable with its forward signature).
             batch_latents: ``video_latents [B, C, T', H', W']``, ``cond [B, 4 + C, T', H', W']``,
-                ``audio_latents [B, Ca, L]``, ``context [B, Lt, D]``, optional ``audio_mask`` bool ``[B]``.
+                ``audio_latents [B, Ca, L]``, ``context [B, Lt, D]``, optional ``audio_mask`` bool ``[B]``,
+                and ``empty_latents [B, C, T', H', W']`` when a mode uses the no-frame condition.
             step: optimizer step (drives the expert alternation).
-            generator: generator for timesteps, noise and caption dropout (the only randomness); noise is drawn
-                on the generator's device and moved to the latents' device.
+            generator: generator for timesteps, noise, caption dropout and modes (the only randomness); noise
+                is drawn on the generator's device and moved to the latents' device.
             video_fps: pixel frame rate of the clips.
 
         Returns:
@@ -370,7 +480,8 @@ class FlowMatchingObjective:
                 )
         x0_v, x0_a = batch_latents["video_latents"], batch_latents["audio_latents"]
         batch, device = x0_v.shape[0], x0_v.device
-        choice = self.selector(step, generator)
+        q = self.mix.v2a_share
+        choice = self.selector(step, generator, q)
         idx_v = self.sampler(batch, generator, choice.low, choice.high, self.num_train)
         if self.independent_audio_timesteps:
             idx_a = self.sampler(batch, generator, 0.0, 1.0, self.num_train)
@@ -383,15 +494,28 @@ class FlowMatchingObjective:
         context, dropped = caption_dropout(
             batch_latents["context"], self.caption_dropout, generator, self.null_context
         )
-        dtype = batch_latents["cond"].dtype
-        xt_v = add_noise(x0_v, noise_v, sig_v).to(dtype)
-        xt_a = add_noise(x0_a, noise_a, sig_a).to(dtype)
+        # Conditioning modes (nothing is drawn for a single mode).
+        low_share = self.selector.low_noise_share(q)
+        modes = self.mix.draw(batch, generator, choice.expert == LOW_NOISE_EXPERT, low_share)
+        clean_v = modes == CONDITIONING_MODES.index("v2a")
+        clean_a = modes == CONDITIONING_MODES.index("a2v")
+        if q > 0.0 and not self.independent_audio_timesteps:
+            # a v2a sample's audio t is not tied to a clean video: draw it over the whole grid
+            idx_full = self.sampler(batch, generator, 0.0, 1.0, self.num_train)
+            sig_a = torch.where(clean_v, self.sigmas_of(idx_full), sig_a)
+        sig_v = torch.where(clean_v, torch.zeros_like(sig_v), sig_v)
+        sig_a = torch.where(clean_a, torch.zeros_like(sig_a), sig_a)
+        cond = self._condition(batch_latents, modes, generator)
+        dtype = cond.dtype
+        clean_v_d, clean_a_d = clean_v.to(device), clean_a.to(device)
+        xt_v = torch.where(clean_v_d.view(-1, 1, 1, 1, 1), x0_v.float(), add_noise(x0_v, noise_v, sig_v))
+        xt_a = torch.where(clean_a_d.view(-1, 1, 1), x0_a.float(), add_noise(x0_a, noise_a, sig_a))
         t_v = (sig_v * self.num_train).to(device)
         t_a = (sig_a * self.num_train).to(device)
         pred_v, pred_a = model(
-            xt_v,
-            batch_latents["cond"],
-            xt_a,
+            xt_v.to(dtype),
+            cond,
+            xt_a.to(dtype),
             context,
             t_v,
             t_a,
@@ -403,10 +527,11 @@ class FlowMatchingObjective:
         audio_mask = batch_latents.get("audio_mask")
         if audio_mask is None:
             audio_mask = torch.ones(batch, dtype=torch.bool, device=device)
-        audio_mask = audio_mask.to(device=device, dtype=torch.bool).view(-1)
-        loss_v = per_v.mean()
+        audio_mask = audio_mask.to(device=device, dtype=torch.bool).view(-1) & ~clean_a_d
+        w_v = (~clean_v_d).float()
+        loss_v = per_v.mean() if self.mix.single == "i2av" else _weighted_mean(per_v, w_v)
         w_a = audio_mask.float()
-        loss_a = (per_a * w_a).sum() / w_a.sum().clamp_min(1.0)
+        loss_a = _weighted_mean(per_a, w_a)
         loss = self.video_weight * loss_v + self.audio_weight * loss_a
         return LossOutput(
             loss=loss,
@@ -415,8 +540,10 @@ class FlowMatchingObjective:
             timesteps=t_v,
             audio_timesteps=t_a,
             expert=choice.expert,
-            per_sample_video=per_v.detach(),
+            per_sample_video=(per_v * w_v).detach(),
             per_sample_audio=(per_a * w_a).detach(),
             audio_mask=audio_mask,
             dropped_captions=dropped,
+            modes=tuple(CONDITIONING_MODES[i] for i in modes.tolist()),
+            video_weight=w_v,
         )

@@ -30,6 +30,8 @@ def make_batch(
         "audio_latents": torch.randn(batch, 8, audio_len, generator=g),
         "text_embeds": torch.randn(batch, text_len, 32, generator=g),
         "audio_mask": torch.ones(batch, dtype=torch.bool),
+        # drawn last, so the other tensors are what they were before t2av existed
+        "empty_latents": torch.randn(1, 4, frames, hw, hw, generator=g).expand(batch, -1, -1, -1, -1),
     }
 
 
@@ -79,7 +81,15 @@ def tiny_module(
     objective_kw = {
         k: kwargs.pop(k)
         for k in list(kwargs)
-        if k in ("expert_mode", "expert", "caption_dropout", "independent_audio_timesteps")
+        if k
+        in (
+            "expert_mode",
+            "expert",
+            "caption_dropout",
+            "independent_audio_timesteps",
+            "mode",
+            "a2v_first_frame",
+        )
     }
     return MovaLitModule(
         model=functools.partial(mova_tiny, seed=0),

@@ -204,6 +204,6 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_cached_batch_fields_map_to_objective():
     lat = latents_from_cached(make_batch(0))
-    assert set(lat) == {"video_latents", "cond", "audio_latents", "context", "audio_mask"}
+    assert set(lat) == {"video_latents", "cond", "audio_latents", "context", "audio_mask", "empty_latents"}
     with pytest.raises(KeyError, match="encoders"):
         latents_from_cached({"video": torch.zeros(1)})

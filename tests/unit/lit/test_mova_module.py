@@ -179,3 +179,25 @@ def test_noise_is_seeded_by_the_data_parallel_rank():
 
     assert torch.equal(draw(global_rank=0, dp_rank=0), draw(global_rank=1, dp_rank=0))
     assert not torch.equal(draw(global_rank=0, dp_rank=0), draw(global_rank=2, dp_rank=1))
+
+
+def test_raw_t2av_gets_the_empty_clip_latent_from_the_vae():
+    from mova_train.codecs.encoders import tiny_encoders
+
+    enc = tiny_encoders(seed=0, text_len=8)
+    g = torch.Generator().manual_seed(0)
+    raw = {
+        "video": torch.rand(2, 3, 5, 32, 32, generator=g) * 2 - 1,
+        "audio": torch.randn(2, 1, 64, generator=g) * 0.1,
+        "caption": ["a dog barks", "rain on a roof"],
+    }
+    assert "empty_latents" not in enc.encode_batch(raw)
+    lat = enc.encode_batch(raw, empty_latents=True)
+    with torch.no_grad():
+        want = enc.video_vae.encode(torch.zeros(1, 3, 5, 32, 32))
+    assert lat["empty_latents"].shape == (2, 4, 2, 4, 4) and torch.equal(lat["empty_latents"][1], want[0])
+    assert not torch.equal(lat["empty_latents"][0], lat["cond"][0, 4:])  # not the first-frame latent
+    mod = tiny_module(lora=LORA, encoders=enc, mode="t2av")
+    mod.configure_model()
+    out, _ = mod._step(raw, 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and out.modes == ("t2av", "t2av")
