@@ -1,6 +1,6 @@
 """Data-loading throughput: mova_train's raw shard stream vs an upstream-style loader vs the ffmpeg CLI.
 
-Writes 8.3 s, 24 fps H.264 + AAC clips with `data_tools.make_synthetic.make_clip` at 1080p and 720p (`--unique`
+Writes 8.3 s, 24 fps H.264 + AAC clips with `mova_train.data.synthetic.make_clip` at 1080p and 720p (`--unique`
 distinct clips per resolution, repeated to `--clips` shard samples: decoding cost depends on the bytes' kind, not
 on their identity, and 1080p synthesis takes ~40 s per clip on 2 cores), packs them into shards, then decodes 193
 frames at 352x640 plus 386000 mono 48 kHz samples per clip with `--workers` DataLoader workers and prints clips/s
@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from data_tools.build_shards import build_shards
-from data_tools.make_synthetic import make_clip
 from mova_train.data.decode import crop_size
 from mova_train.data.pipeline import StreamConfig, TrainStream, resolve_shards
+from mova_train.data.shard_builder import build_shards
+from mova_train.data.synthetic import make_clip
 
 logger = logging.getLogger("data_throughput")
 FRAMES, FPS, H, W, SR = 193, 24.0, 352, 640, 48000

@@ -1,16 +1,14 @@
 """`train(cfg)`: everything between a composed Hydra config and a finished run.
 
 Order: check the config (cheap, before anything heavy) -> seed -> (`show=true`: build on meta, report, exit) ->
-generate the embedded synthetic dataset if it is missing -> datamodule, model, LightningModule, callbacks, loggers,
-strategy, Trainer -> `trainer.fit` (resumable with `ckpt_path`; the `lora_export` callback writes the LoRA) ->
+datamodule (its `prepare_data` makes a missing embedded synthetic dataset), model, LightningModule, callbacks,
+loggers, strategy, Trainer -> `trainer.fit` (resumable with `ckpt_path`; the `lora_export` callback writes the LoRA) ->
 optionally sample one clip.
 Returns the `cfg.monitor` metric so that a Hydra sweeper can optimize it.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +16,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mova_train.utils.logging import RankedLogger, global_rank
+from mova_train.utils.logging import RankedLogger
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
-__all__ = ["ConfigError", "build_module", "check_config", "ensure_synthetic_data", "model_report", "train"]
+__all__ = ["ConfigError", "build_module", "check_config", "model_report", "train"]
 
 
 class ConfigError(ValueError):
@@ -85,75 +83,9 @@ def _is_multirun() -> bool:
 # --------------------------------------------------------------------------------------------- data
 
 
-def ensure_synthetic_data(cfg: DictConfig) -> None:
-    """Generate the embedded synthetic dataset when `data.synthetic` is set and `data.shards` is missing.
-
-    Raw shards: clips from `data_tools.make_synthetic`, packed by `data_tools.build_shards` into
-    `<synthetic.root>/shards`. Cached mode also encodes them once with the tiny encoders (`data_tools.encode`,
-    `--tiny-seed` = `model.encoders.seed`) into `data.shards`. Seconds to a minute on 2 cores.
-    """
-    data = cfg.data
-    synth = data.get("synthetic")
-    if not synth:
-        return
-    target = Path(str(data.shards))
-    if (target / "index.json").is_file():
-        return
-    if global_rank() != 0:  # ranks started together (torchrun, SLURM) wait for rank 0 to write the data
-        deadline = time.monotonic() + 600
-        while not (target / "index.json").is_file():
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"rank {global_rank()}: no synthetic shards appeared in {target} within 600 s"
-                )
-            time.sleep(1.0)
-        return
-    root = Path(str(synth.root))
-    raw = root / "shards"
-    if not (raw / "index.json").is_file():
-        from data_tools.build_shards import build_shards
-        from data_tools.make_synthetic import make_dataset
-
-        log.info("generating the synthetic dataset in %s (%d clips)", root, synth.count)
-        metadata = make_dataset(
-            root / "clips",
-            count=int(synth.count),
-            width=int(synth.width),
-            height=int(synth.height),
-            fps=float(synth.fps),
-            seconds=float(synth.seconds),
-            sample_rate=int(synth.sample_rate),
-            seed=int(synth.seed),
-        )
-        build_shards(metadata, raw, max_count=max(1, math.ceil(int(synth.count) / 2)))
-    if data.mode == "cached":
-        from data_tools.encode import main as encode_main
-
-        log.info("encoding the synthetic clips into the latent cache %s (tiny encoders)", target)
-        enc = cfg.model.get("encoders") or {}
-        encode_main(
-            [
-                f"--shards={raw}",
-                f"--out={target}",
-                f"--tiny-seed={int(enc.get('seed', 0))}",
-                f"--text-len={int(data.text_len)}",
-                f"--num-frames={int(data.num_frames)}",
-                f"--height={int(data.height)}",
-                f"--width={int(data.width)}",
-                f"--fps={float(data.fps)}",
-                f"--sample-rate={int(data.sample_rate)}",
-                f"--missing-audio={data.get('missing_audio', 'skip')}",
-                "--device=cpu",
-            ]
-        )
-    log.info("synthetic shards ready in %s", target)
-
-
 def build_datamodule(data_cfg: DictConfig) -> Any:
-    """Instantiate the datamodule from `cfg.data` (without the `synthetic` key, which is not an argument)."""
-    kwargs = OmegaConf.to_container(data_cfg, resolve=True)
-    kwargs.pop("synthetic", None)
-    return instantiate(kwargs, _convert_="all")
+    """Instantiate the datamodule from `cfg.data` (its `prepare_data` makes a missing synthetic dataset)."""
+    return instantiate(data_cfg, _convert_="all")
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -416,7 +348,6 @@ def train(cfg: DictConfig) -> float | None:
 
     out_dir = Path(str(cfg.paths.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    ensure_synthetic_data(cfg)
     datamodule = build_datamodule(cfg.data)
     module = build_module(cfg)
     trainer = build_trainer(cfg)

@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 
 from mova_train.config.schema import (
     DataConfig,
-    SyntheticDataConfig,
     TrainConfig,
     TrainerConfig,
     register_configs,
@@ -16,7 +15,6 @@ from mova_train.config.schema import (
 __all__ = [
     "CONF_DIR",
     "DataConfig",
-    "SyntheticDataConfig",
     "TrainConfig",
     "TrainerConfig",
     "conf_dir",

@@ -19,64 +19,27 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-__all__ = ["DataConfig", "SyntheticDataConfig", "TrainConfig", "TrainerConfig", "register_configs"]
+from mova_train.data.options import DataOptions
+from mova_train.data.synthetic import SyntheticSpec
+
+__all__ = ["DataConfig", "TrainConfig", "TrainerConfig", "register_configs"]
 
 
 @dataclass
-class SyntheticDataConfig:
-    """How the embedded synthetic dataset is generated when its shards are missing (`data.synthetic`).
+class DataConfig(DataOptions):
+    """`MovaDataModule(**cfg.data)`: the `DataOptions` (defined there, once) plus where the data is.
 
     Attributes:
-        root: Folder of the dataset: clips go to `root/clips`, shards to `root/shards`.
-        count: Number of clips.
-        width: Frame width in pixels.
-        height: Frame height in pixels.
-        fps: Frame rate of the clips.
-        seconds: Clip length (at least `num_frames / fps` of the data config).
-        sample_rate: Audio sample rate in Hz.
-        seed: Seed of the generator (shapes, colours, motion).
-    """
-
-    root: str = MISSING
-    count: int = 8
-    width: int = 64
-    height: int = 64
-    fps: float = 12.0
-    seconds: float = 1.5
-    sample_rate: int = 48000
-    seed: int = 0
-
-
-@dataclass
-class DataConfig:
-    """`MovaDataModule` arguments (see `mova_train.data.datamodule.MovaDataModule` for their meaning).
-
-    `synthetic` is not a datamodule argument: when set, the entry point generates the synthetic dataset there if
-    its shards are missing, then drops the key before instantiation.
+        shards: Training shards (a folder with `index.json`, a glob, a `.tar`, or a list).
+        val_shards: Validation shards, or null.
+        synthetic: The embedded synthetic dataset (`SyntheticSpec`), made by `MovaDataModule.prepare_data` when
+            `shards` is its folder and missing.
     """
 
     _target_: str = "mova_train.data.datamodule.MovaDataModule"
     shards: Any = MISSING
     val_shards: Any = None
-    mode: str = "raw"
-    num_frames: int = 193
-    fps: float = 24.0
-    height: int = 352
-    width: int = 640
-    sample_rate: int = 48000
-    batch_size: int = 1
-    val_batch_size: int | None = None
-    num_workers: int = 2
-    seed: int = 0
-    missing_audio: str = "skip"
-    max_skip_rate: float = 0.1
-    skip_rate_min_samples: int = 32
-    buckets: list[list[int]] | None = None
-    shuffle_buffer: int = 8
-    text_len: int = 512
-    batches_per_epoch: int | None = None
-    video_output: str = "uint8"
-    synthetic: SyntheticDataConfig | None = None
+    synthetic: SyntheticSpec | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from mova_train.data.decode import to_model_range
+from mova_train.data.options import DataConfigError, DataOptions
 from mova_train.data.pipeline import STREAM_KEY, StreamConfig, TrainStream, ValStream, resolve_shards
+from mova_train.data.synthetic import SyntheticSpec, prepare_synthetic
 
 logger = logging.getLogger(__name__)
 
@@ -118,85 +120,48 @@ class MovaDataModule(LightningDataModule):
     Args:
         shards: Training shards: a folder with `index.json`, a glob, a brace pattern or a list.
         val_shards: Validation shards (same forms); None disables validation.
-        mode: "raw" or "cached".
-        num_frames: Frames per clip (4k + 1) when `buckets` is empty.
-        fps: Target frame rate.
-        height: Output height when `buckets` is empty.
-        width: Output width when `buckets` is empty.
-        sample_rate: Audio rate (Hz).
-        batch_size: Samples per training batch (one bucket per batch).
-        val_batch_size: Samples per validation batch (default `batch_size`).
-        num_workers: DataLoader workers per rank.
-        seed: Training stream seed.
-        missing_audio: "skip" or "silence".
-        max_skip_rate: Stop with an error past this fraction of skipped samples (per worker).
-        skip_rate_min_samples: Samples seen before the rate is checked.
-        buckets: `[height, width, num_frames]` triples for aspect/resolution/length bucketing.
-        shuffle_buffer: Samples in each worker's shuffle buffer.
-        text_len: Text rows after padding (cached mode).
-        batches_per_epoch: Training batches per Lightning epoch (None: infinite, use `max_steps`).
-        video_output: "uint8" (converted on the device) or "float" (converted in the workers).
+        synthetic: A `SyntheticSpec` (or its dict): `prepare_data` makes the embedded synthetic dataset when
+            `shards` is the spec's own folder and has no `index.json` yet.
+        **options: `DataOptions` fields (`mode`, `num_frames`, `fps`, `batch_size`, ...), checked here, before
+            any data is read.
     """
 
     def __init__(
         self,
         shards: str | Sequence[str],
         val_shards: str | Sequence[str] | None = None,
-        mode: str = "raw",
-        num_frames: int = 193,
-        fps: float = 24.0,
-        height: int = 352,
-        width: int = 640,
-        sample_rate: int = 48000,
-        batch_size: int = 1,
-        val_batch_size: int | None = None,
-        num_workers: int = 2,
-        seed: int = 0,
-        missing_audio: str = "skip",
-        max_skip_rate: float = 0.1,
-        skip_rate_min_samples: int = 32,
-        buckets: Sequence[Sequence[int]] | None = None,
-        shuffle_buffer: int = 8,
-        text_len: int = 512,
-        batches_per_epoch: int | None = None,
-        video_output: str = "uint8",
+        synthetic: SyntheticSpec | Mapping[str, Any] | None = None,
+        **options: Any,
     ):
         super().__init__()
-        if mode not in ("raw", "cached"):
-            raise ValueError(f"data.mode must be 'raw' or 'cached', got {mode!r}")
-        if (num_frames - 1) % 4:
-            raise ValueError(f"data.num_frames must be 4k + 1 (e.g. 193), got {num_frames}")
-        for b in buckets or []:
-            if len(b) != 3 or (b[2] - 1) % 4 or b[0] % 16 or b[1] % 16:
-                raise ValueError(f"data.buckets entry {list(b)} must be [height%16, width%16, 4k+1 frames]")
+        unknown = sorted(set(options) - set(DataOptions.names()))
+        if unknown:
+            raise DataConfigError(
+                f"unknown data options {unknown}; the options are {list(DataOptions.names())}"
+            )
+        self.options = DataOptions(**options).validate()
         self.shards_spec = shards
         self.val_shards_spec = val_shards
-        self.num_workers = num_workers
-        self.batches_per_epoch = batches_per_epoch
+        self.synthetic = SyntheticSpec.from_any(synthetic)
+        self.num_workers = self.options.num_workers
+        self.batches_per_epoch = self.options.batches_per_epoch
         self.epoch = 0
-        self.cfg_kwargs = dict(
-            mode=mode,
-            num_frames=num_frames,
-            fps=fps,
-            height=height,
-            width=width,
-            sample_rate=sample_rate,
-            batch_size=batch_size,
-            buckets=[tuple(b) for b in buckets or []],
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            missing_audio=missing_audio,
-            max_skip_rate=max_skip_rate,
-            skip_rate_min_samples=skip_rate_min_samples,
-            video_output=video_output,
-            text_len=text_len,
-        )
-        self.val_batch_size = val_batch_size or batch_size
+        self.val_batch_size = self.options.val_batch_size or self.options.batch_size
         self.tracker = StreamTracker()
         self.val_stats: dict[int, dict[str, Any]] = {}
         self.rank, self.world_size = 0, 1
         self._train: TrainStream | None = None
         self._val: ValStream | None = None
+
+    def prepare_data(self) -> None:
+        """Make the embedded synthetic dataset if this run asks for it and it is missing.
+
+        Lightning calls this on one process per node and makes the other ranks wait at a barrier; the dataset is
+        written to a private folder and renamed into place, so concurrent writers (nodes sharing a filesystem)
+        cannot corrupt each other.
+        """
+        if self.synthetic is not None:
+            prepare_synthetic(self.synthetic, self.shards_spec, self.options)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve shards and build the streams for this rank."""
@@ -207,14 +172,16 @@ class MovaDataModule(LightningDataModule):
             self.world_size = int(kwargs.get("num_replicas", self.trainer.world_size))
         else:
             self.rank, self.world_size = _rank_world()
+        options = self.options.options()
         train_shards = resolve_shards(self.shards_spec)
-        if self.cfg_kwargs["mode"] == "cached":
+        if self.options.mode == "cached":
             self._check_caches(train_shards)
-        train_cfg = StreamConfig(shards=train_shards, epoch=self.epoch, **self.cfg_kwargs)
+        train_cfg = StreamConfig(shards=train_shards, epoch=self.epoch, **options)
         self._train = TrainStream(train_cfg, self.rank, self.world_size)
         if self.val_shards_spec is not None:
-            val_kwargs = {**self.cfg_kwargs, "batch_size": self.val_batch_size}
-            val_cfg = StreamConfig(shards=resolve_shards(self.val_shards_spec), **val_kwargs)
+            val_cfg = StreamConfig(
+                shards=resolve_shards(self.val_shards_spec), **{**options, "batch_size": self.val_batch_size}
+            )
             self._val = ValStream(val_cfg, self.rank, self.world_size)
 
     def _check_caches(self, shards: Sequence[str]) -> None:
@@ -222,7 +189,7 @@ class MovaDataModule(LightningDataModule):
         from mova_train.data.cache import check_cache
 
         names = ("num_frames", "height", "width", "fps", "sample_rate", "text_len", "missing_audio")
-        wanted = {k: self.cfg_kwargs[k] for k in names}
+        wanted = {k: getattr(self.options, k) for k in names}
         for folder in sorted({str(Path(s).parent) for s in shards}):
             if (Path(folder) / "index.json").is_file():
                 check_cache(folder, settings=wanted)
@@ -299,7 +266,7 @@ class MovaDataModule(LightningDataModule):
         return {
             "version": 1,
             "epoch": self.epoch,
-            "seed": self.cfg_kwargs["seed"],
+            "seed": self.options.seed,
             "world_size": self.world_size,
             "num_workers": self.num_workers,
             "ranks": ranks,
@@ -318,7 +285,7 @@ class MovaDataModule(LightningDataModule):
         same_layout = (
             state_dict.get("world_size") == world
             and state_dict.get("num_workers") == self.num_workers
-            and state_dict.get("seed") == self.cfg_kwargs["seed"]
+            and state_dict.get("seed") == self.options.seed
         )
         if not same_layout:
             logger.warning(
@@ -329,7 +296,7 @@ class MovaDataModule(LightningDataModule):
                 state_dict.get("seed"),
                 world,
                 self.num_workers,
-                self.cfg_kwargs["seed"],
+                self.options.seed,
                 self.epoch + 1,
             )
             self.epoch += 1

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mova_train.data.decode import DecodeError, decode_clip
+from mova_train.data.options import DataOptions
 
 logger = logging.getLogger(__name__)
 
@@ -45,48 +46,16 @@ Bucket = tuple[int, int, int]  # (height, width, num_frames)
 
 
 @dataclass
-class StreamConfig:
-    """Settings shared by the training and validation streams.
+class StreamConfig(DataOptions):
+    """The `DataOptions` of one stream plus what it reads.
 
     Attributes:
         shards: Shard paths (see `resolve_shards`).
-        mode: "raw" (decode clips) or "cached" (read `latents.safetensors`).
-        num_frames: Frames per clip (4k + 1) when `buckets` is empty.
-        fps: Target frame rate.
-        height: Output height when `buckets` is empty.
-        width: Output width when `buckets` is empty.
-        sample_rate: Audio rate in Hz.
-        batch_size: Samples per batch (all of one bucket).
-        buckets: `(height, width, num_frames)` choices; each clip goes to the fitting bucket nearest its aspect.
-        seed: Base seed of the training stream.
         epoch: Stream generation, part of every derived seed.
-        shuffle_buffer: Samples held for shuffling within the stream (training).
-        missing_audio: "skip" or "silence" (see `decode_clip`).
-        max_skip_rate: Stop with an error when the skipped fraction passes this.
-        skip_rate_min_samples: Samples seen before the rate is checked.
-        video_output: "uint8" (converted on the device, see `MovaDataModule`) or "float".
-        resize_mode: "crop" or "stretch".
-        text_len: Rows of `text_embeds` after zero padding (cached mode).
     """
 
-    shards: list[str]
-    mode: str = "raw"
-    num_frames: int = 193
-    fps: float = 24.0
-    height: int = 352
-    width: int = 640
-    sample_rate: int = 48000
-    batch_size: int = 1
-    buckets: list[Bucket] = field(default_factory=list)
-    seed: int = 0
+    shards: list[str] = field(default_factory=list)
     epoch: int = 0
-    shuffle_buffer: int = 8
-    missing_audio: str = "skip"
-    max_skip_rate: float = 0.1
-    skip_rate_min_samples: int = 32
-    video_output: str = "uint8"
-    resize_mode: str = "crop"
-    text_len: int = 512
 
     def bucket_list(self) -> list[Bucket]:
         """The configured buckets, or the single `(height, width, num_frames)` one."""

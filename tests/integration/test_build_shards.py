@@ -11,12 +11,13 @@ from fractions import Fraction
 import pytest
 import webdataset as wds
 
-from data_tools.build_shards import build_shards, main
-from data_tools.make_synthetic import make_clip as _make_clip
-from data_tools.make_synthetic import make_dataset
+from data_tools.build_shards import main
 from mova_train.data import schema
 from mova_train.data.probe import ProbePolicy
 from mova_train.data.schema import ClipRecord
+from mova_train.data.shard_builder import build_shards
+from mova_train.data.synthetic import make_clip as _make_clip
+from mova_train.data.synthetic import make_dataset
 
 
 def make_clip(path, **kwargs):

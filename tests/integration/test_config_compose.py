@@ -162,11 +162,12 @@ def test_schemas_match_the_classes() -> None:
     from lightning.pytorch import Trainer
 
     from mova_train.data.datamodule import MovaDataModule
+    from mova_train.data.options import DataOptions
     from mova_train.lit.mova_module import MovaLitModule
 
-    data_params = set(inspect.signature(MovaDataModule.__init__).parameters) - {"self"}
-    data_fields = set(DataConfig.__dataclass_fields__) - {"_target_", "synthetic"}
-    assert data_fields == data_params
+    data_params = set(inspect.signature(MovaDataModule.__init__).parameters) - {"self", "options"}
+    data_fields = set(DataConfig.__dataclass_fields__) - {"_target_"}
+    assert data_fields == data_params | set(DataOptions.names())
     trainer_params = set(inspect.signature(Trainer.__init__).parameters)
     assert set(TrainerConfig.__dataclass_fields__) - {"_target_"} <= trainer_params
     cfg = OmegaConf.load(CONF / "train.yaml")

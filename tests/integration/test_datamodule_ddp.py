@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from data_tools.build_shards import build_shards
-from data_tools.make_synthetic import make_dataset
 from mova_train.data.pipeline import iter_shard, resolve_shards
+from mova_train.data.shard_builder import build_shards
+from mova_train.data.synthetic import make_dataset
 
 RANK_SCRIPT = textwrap.dedent(
     """

@@ -14,9 +14,6 @@ import pytest
 import torch
 
 import data_tools.encode as encode_tool
-from data_tools.build_shards import build_shards
-from data_tools.encode import encode_cache, module_hashes
-from data_tools.make_synthetic import make_dataset
 from mova_train.codecs.encoders import tiny_encoders
 from mova_train.data.cache import (
     CacheSettings,
@@ -25,7 +22,10 @@ from mova_train.data.cache import (
     check_cache,
     read_cached_sample,
 )
+from mova_train.data.cache_writer import checkpoint_hashes, encode_cache, module_hashes
 from mova_train.data.datamodule import MovaDataModule
+from mova_train.data.shard_builder import build_shards
+from mova_train.data.synthetic import make_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -325,8 +325,8 @@ def test_checkpoint_folder_path(raw_dir, encoders, tmp_path):
     save_component(encoders.audio_vae, root, "audio_vae")
     encoders.text_encoder.encoder.save_pretrained(root / "text_encoder")
     encoders.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
-    hashes = encode_tool.checkpoint_hashes(root)
-    assert hashes == encode_tool.checkpoint_hashes(root)
+    hashes = checkpoint_hashes(root)
+    assert hashes == checkpoint_hashes(root)
     out = tmp_path / "cache"
     small = ["--num-frames", "5", "--height", "32", "--width", "32", "--fps", "8", "--sample-rate", "16000"]
     argv = [
@@ -358,7 +358,7 @@ def test_checkpoint_folder_path(raw_dir, encoders, tmp_path):
     first = sorted(state)[0]
     state[first] = torch.cat([state[first].reshape(-1), torch.zeros(1)])
     save_file(state, path)
-    changed = encode_tool.checkpoint_hashes(root)
+    changed = checkpoint_hashes(root)
     assert changed["audio_vae"] != hashes["audio_vae"] and changed["video_vae"] == hashes["video_vae"]
     with pytest.raises(StaleCacheError, match="component audio_vae"):
         check_cache(out, components=changed)

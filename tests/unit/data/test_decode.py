@@ -8,7 +8,6 @@ from fractions import Fraction
 import pytest
 import torch
 
-from data_tools.make_synthetic import make_clip, read_barcode
 from mova_train.data.decode import (
     ClipTooShort,
     DecodeError,
@@ -17,6 +16,7 @@ from mova_train.data.decode import (
     crop_size,
     decode_clip,
 )
+from mova_train.data.synthetic import make_clip, read_barcode
 
 SR = 48000
 CLICKS = [0.5, 1.0, 1.7, 2.2]

@@ -9,8 +9,6 @@ import pytest
 import torch
 from helpers.shards import encode_safetensors, write_tar
 
-from data_tools.build_shards import build_shards
-from data_tools.make_synthetic import make_clip
 from mova_train.data.cache import cond_with_mask
 from mova_train.data.datamodule import MovaDataModule
 from mova_train.data.pipeline import (
@@ -21,6 +19,8 @@ from mova_train.data.pipeline import (
     iter_shard,
     resolve_shards,
 )
+from mova_train.data.shard_builder import build_shards
+from mova_train.data.synthetic import make_clip
 
 BUCKETS = [(32, 48, 5), (48, 32, 5), (32, 48, 9)]
 

@@ -7,10 +7,10 @@ from fractions import Fraction
 
 import pytest
 
-from data_tools.make_synthetic import make_clip
 from mova_train.data import schema
 from mova_train.data.probe import ProbeError, ProbePolicy, probe_clip, read_caption, record_flags
 from mova_train.data.schema import ClipRecord, SchemaError
+from mova_train.data.synthetic import make_clip
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,17 @@ import pytest
 import torch
 from torchcodec.decoders import AudioDecoder, VideoDecoder
 
-from data_tools.make_synthetic import COLORS, draw_barcode, main, make_clip, make_dataset, read_barcode
+from data_tools.make_synthetic import main
+from mova_train.data.datamodule import MovaDataModule
+from mova_train.data.schema import SchemaError
+from mova_train.data.synthetic import (
+    COLORS,
+    SyntheticSpec,
+    draw_barcode,
+    make_clip,
+    make_dataset,
+    read_barcode,
+)
 
 
 def test_barcode_round_trip_in_memory():
@@ -78,3 +88,43 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "--index-barcode" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ embedded dataset
+
+
+SMALL = dict(num_frames=5, fps=12.0, height=32, width=32, sample_rate=1600, batch_size=1, num_workers=0)
+
+
+def _spec(root, **kw) -> SyntheticSpec:
+    return SyntheticSpec(root=str(root), count=2, width=32, height=32, fps=12.0, seconds=0.6, **kw)
+
+
+@pytest.mark.parametrize("mode", ["raw", "cached"])
+def test_prepare_data_makes_the_dataset_once_then_trains_on_it(tmp_path, mode):
+    spec = _spec(tmp_path / "synthetic")
+    target = spec.target(mode)
+    dm = MovaDataModule(str(target), synthetic=spec, mode=mode, text_len=16, **SMALL)
+    dm.prepare_data()
+    index = json.loads((target / "index.json").read_text())
+    assert index["total"] == 2 and not list((tmp_path / "synthetic").glob(".staging-*"))
+    stamp = (target / "index.json").stat().st_mtime_ns
+    dm.prepare_data()  # a second call (or a second node) finds it and writes nothing
+    assert (target / "index.json").stat().st_mtime_ns == stamp
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert ("video" if mode == "raw" else "video_latents") in batch
+
+
+@pytest.mark.parametrize("shards", ["{other}/*.tar", "{other}/shard-000000.tar", "{other}"])
+def test_shards_elsewhere_never_generate_synthetic_data(tmp_path, shards):
+    """Issue 14.9: a glob or a .tar with a synthetic recipe trained on synthetic clips and made a folder named
+    like the glob; now those shards are used (or refused when missing) and nothing is generated."""
+    other = tmp_path / "mine"
+    spec = _spec(tmp_path / "synthetic")
+    dm = MovaDataModule(shards.format(other=other), synthetic=spec, mode="raw", **SMALL)
+    dm.prepare_data()
+    assert not (tmp_path / "synthetic").exists() and not other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with pytest.raises((FileNotFoundError, SchemaError)):
+        dm.setup("fit")

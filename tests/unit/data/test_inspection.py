@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_tools.build_shards import build_shards
-from data_tools.inspect_shards import contact_sheet, format_table, main, summarize
-from data_tools.make_synthetic import make_clip
+from data_tools.inspect_shards import main
+from mova_train.data.inspection import contact_sheet, format_table, summarize
+from mova_train.data.shard_builder import build_shards
+from mova_train.data.synthetic import make_clip
 
 
 @pytest.fixture(scope="module")
