@@ -57,7 +57,10 @@ class MovaDualTower(nn.Module):
     @property
     def block_classes(self) -> tuple[type[nn.Module], ...]:
         """Module classes that are FSDP / offload units (DiT blocks and bridge conditioners)."""
-        return self.video_dit.block_classes + self.dual_tower_bridge.block_classes
+        # Either expert may be the loaded one (single-expert runs load only ``video_dit_2``). A property that
+        # raised AttributeError here would read as "no block classes" through ``getattr(model, ..., ())``.
+        tower = self.video_dit if self.video_dit is not None else self.video_dit_2
+        return tower.block_classes + self.dual_tower_bridge.block_classes
 
     def expert(self, name: str) -> VideoDiT:
         """The video expert called ``name`` (``"video_dit"`` or ``"video_dit_2"``)."""

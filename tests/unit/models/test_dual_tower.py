@@ -76,6 +76,16 @@ def test_experts_differ_and_missing_expert_fails(model):
         single(**x, expert="video")
 
 
+@pytest.mark.parametrize("experts", [("video_dit",), ("video_dit_2",), ("video_dit", "video_dit_2")])
+def test_block_classes_with_either_expert_loaded(experts):
+    # FSDP2 units and offload streaming read these; the low-noise-only model once exported none.
+    from mova_train.models.bridge import ConditionalCrossAttentionBlock
+    from mova_train.models.dit import DiTBlock
+
+    model = mova_tiny(experts=experts)
+    assert getattr(model, "block_classes", ()) == (DiTBlock, ConditionalCrossAttentionBlock)
+
+
 def test_bridge_carries_information_both_ways(model):
     """Changing the audio input changes the video output only through the bridge (and vice versa)."""
     x = _inputs(model, batch=1)
