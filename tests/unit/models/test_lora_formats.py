@@ -1,0 +1,400 @@
+"""LoRA exports for DiffSynth-Studio and ComfyUI, and imports of their (and kohya / PEFT) files.
+
+Two kinds of checks for every format:
+
+* round trip: export -> our importer (:func:`read_foreign_lora`) -> the same tensors and alphas, so the same merged
+  weights (max |diff| 0 in float32), with alpha != rank;
+* the tool's own rules: the exported file, loaded onto a state dict with the tool's module names by a
+  re-implementation of the tool's loader (written from its source, cited per test), reproduces our merged weights
+  (peft's ``merge``) exactly in float32.
+
+The tiny model has 3 video and 2 audio blocks, so Prism's ``remaining_video_blocks`` and the bridge's two fusion
+layers are both exercised.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+from helpers.lora_exports import max_diff, peft_merged, random_lora, reference_merged, tiny_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mova_train.models.lora import LoraError
+from mova_train.models.lora_formats import (
+    PRISM_FILE,
+    export_files,
+    fused_layers_of,
+    linear_targets,
+    map_foreign,
+    native_from_prism,
+    prism_name,
+    read_foreign_lora,
+    split_modules,
+    write_export,
+)
+
+COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
+
+
+# ------------------------------------------------------------------------------------------------ Prism names
+
+
+def test_prism_names_follow_the_issue_rules_and_invert():
+    f = 30
+    assert prism_name("video_dit.blocks.29.self_attn.q", f) == "fusion_blocks.29.video_block.self_attn.q"
+    assert prism_name("video_dit.blocks.30.ffn.0", f) == "remaining_video_blocks.0.ffn.0"
+    assert prism_name("video_dit.blocks.39.ffn.2", f) == "remaining_video_blocks.9.ffn.2"
+    assert prism_name("audio_dit.blocks.7.cross_attn.k", f) == "fusion_blocks.7.audio_block.cross_attn.k"
+    assert prism_name("dual_tower_bridge.audio_to_video_conditioners.5.inner.q", f) == (
+        "fusion_blocks.5.a2v_conditioner.inner.q"
+    )
+    assert prism_name("dual_tower_bridge.video_to_audio_conditioners.5.inner.o", f) == (
+        "fusion_blocks.5.v2a_conditioner.inner.o"
+    )
+    assert prism_name("video_dit_2.blocks.3.self_attn.q", f) == "video_dit_2.blocks.3.self_attn.q"
+    assert prism_name("video_dit.head.head", f) == "video_dit.head.head"
+    for native in [
+        "video_dit.blocks.0.self_attn.q",
+        "video_dit.blocks.31.ffn.0",
+        "audio_dit.blocks.29.ffn.2",
+        "dual_tower_bridge.video_to_audio_conditioners.0.inner.k",
+        "video_dit_2.blocks.39.cross_attn.o",
+        "audio_dit.text_embedding.0",
+    ]:
+        assert native_from_prism(prism_name(native, f), f) == native
+    with pytest.raises(LoraError, match="beyond the 30 Prism fusion blocks"):
+        prism_name("audio_dit.blocks.30.self_attn.q", f)
+
+
+# ------------------------------------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("fmt", ["diffsynth", "comfyui", "comfyui_wan"])
+@pytest.mark.parametrize(("rank", "alpha"), [(4, 8.0), (4, 6.0), (4, 4.0)])
+def test_round_trip_through_our_importer_is_exact(tmp_path, fmt, rank, alpha):
+    base, tensors, alphas = random_lora(rank, alpha)
+    written = write_export(tensors, alphas, fmt, tmp_path, fused_layers=fused_layers_of(base))
+    source = tmp_path / PRISM_FILE if fmt == "comfyui" else tmp_path
+    back, back_alphas, detected = read_foreign_lora(source, base)
+    reference = reference_merged(rank, alpha)
+    if fmt == "comfyui_wan":  # a Wan model takes the video experts only
+        assert sorted(p.name for p in written) == ["video_dit.safetensors", "video_dit_2.safetensors"]
+        tensors = {k: v for k, v in tensors.items() if k.startswith("video_dit")}
+        alphas = {m: a for m, a in alphas.items() if m.startswith("video_dit")}
+        reference = peft_merged(base, tensors, alphas)
+    assert detected == fmt
+    assert back.keys() == tensors.keys() and back_alphas == alphas
+    assert all(torch.equal(back[k], tensors[k]) and back[k].dtype == tensors[k].dtype for k in tensors)
+    assert max_diff(peft_merged(base, back, back_alphas), reference) == 0.0
+
+
+def test_diffsynth_writes_alpha_only_when_it_differs_from_rank():
+    _, tensors, alphas = random_lora(4, 4.0)
+    files = export_files(tensors, alphas, "diffsynth")
+    assert set(files) == {f"{c}.safetensors" for c in COMPONENTS}
+    assert not any(k.endswith(".alpha") for t, _ in files.values() for k in t)
+    assert all(not k.startswith(COMPONENTS) for t, _ in files.values() for k in t)  # no component prefix
+    files = export_files(tensors, {m: 6.5 for m in alphas}, "diffsynth")
+    bridge, meta = files["dual_tower_bridge.safetensors"]
+    assert bridge["audio_to_video_conditioners.0.inner.q.alpha"].item() == 6.5
+    assert meta["mova_train.component"] == "dual_tower_bridge"
+
+
+def test_non_float32_alpha_is_stored_exactly(tmp_path):
+    base, tensors, _ = random_lora(4, 4.0)
+    alphas = {m: 0.1 for m in split_modules(tensors)}  # not a float32 number
+    write_export(tensors, alphas, "comfyui", tmp_path, fused_layers=fused_layers_of(base))
+    assert read_foreign_lora(tmp_path / PRISM_FILE, base)[1] == alphas
+
+
+# ------------------------------------------------------------------------------------------------ DiffSynth
+
+
+def _diffsynth_fuse(module_state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], alpha: float = 1.0):
+    """DiffSynth-Studio's LoRA fusion, re-implemented from its source.
+
+    modelscope/DiffSynth-Studio (commit fed7b18), ``diffsynth/utils/lora/general.py``:
+    ``GeneralLoRALoader.get_name_dict`` (a key holding ``lora_B`` (or ``lora_up`` when ``.lora_up.`` is in it) names
+    a layer: drop ``lora_B``, the token after it when the key has more than two tokens after it (``default``), a
+    leading ``diffusion_model`` and the trailing ``weight``; the alpha key is the key with ``lora_B.weight`` replaced by
+    ``alpha``), ``convert_state_dict`` (with an alpha: ``lora_A * alpha / rank``) and ``fuse_lora_to_base_model``
+    (``weight + alpha * lora_B @ lora_A`` for every module whose name is a target; ``pipe.loadrandom_lora(module, path,
+    alpha=1)`` in ``diffsynth/diffusion/base_pipeline.py`` takes this path without VRAM management). The pipeline
+    (``diffsynth/pipelines/mova_audio_video.py``) loads the release files with no key conversion (its modules carry
+    the checkpoint names) and names the experts ``pipe.video_dit`` / ``pipe.video_dit2``.
+    """
+    names = {}
+    for key in lora:
+        a_key, b_key = ("lora_down", "lora_up") if ".lora_up." in key else ("lora_A", "lora_B")
+        if b_key not in key:
+            continue
+        keys = key.split(".")
+        if len(keys) > keys.index(b_key) + 2:
+            keys.pop(keys.index(b_key) + 1)
+        keys.pop(keys.index(b_key))
+        if keys[0] == "diffusion_model":
+            keys.pop(0)
+        keys.pop(-1)
+        key_alpha = key.replace(b_key + ".weight", "alpha").replace(b_key + ".default.weight", "alpha")
+        names[".".join(keys)] = (
+            key,
+            key.replace(b_key, a_key),
+            key_alpha if key_alpha != key and key_alpha in lora else None,
+        )
+    out = dict(module_state)
+    used = set()
+    for name, (up_key, down_key, alpha_key) in names.items():
+        up, down = lora[up_key], lora[down_key]
+        if alpha_key is not None:
+            down = down * (lora[alpha_key] / down.shape[0])
+            used.add(alpha_key)
+        out[f"{name}.weight"] = out[f"{name}.weight"] + alpha * torch.mm(up, down)
+        used |= {up_key, down_key}
+    assert used == set(lora), f"DiffSynth would not use {sorted(set(lora) - used)[:3]}"
+    return out
+
+
+@pytest.mark.parametrize(("rank", "alpha"), [(4, 8.0), (4, 4.0), (4, 2.0)])
+def test_diffsynth_loader_reproduces_our_merge_exactly(tmp_path, rank, alpha):
+    base, tensors, alphas = random_lora(rank, alpha)
+    reference = reference_merged(rank, alpha)
+    write_export(tensors, alphas, "diffsynth", tmp_path)
+    pipe = {
+        "video_dit": "video_dit",
+        "video_dit2": "video_dit_2",
+        "audio_dit": "audio_dit",
+        "dual_tower_bridge": "dual_tower_bridge",
+    }
+    for attr, comp in pipe.items():  # pipe.loadrandom_lora(pipe.<attr>, "<comp>.safetensors")
+        state = {k: v for k, v in getattr(base, comp).state_dict().items()}
+        fused = _diffsynth_fuse(state, load_file(str(tmp_path / f"{comp}.safetensors")))
+        expected = {k[len(comp) + 1 :]: v for k, v in reference.items() if k.startswith(comp + ".")}
+        assert max_diff(fused, expected) == 0.0, attr
+
+
+def test_diffsynth_loader_with_a_scale_that_is_not_a_power_of_two_is_within_rounding(tmp_path):
+    # DiffSynth scales lora_A before the product (B @ (A * s)), peft after it ((B @ A) * s): identical only when
+    # s is a power of two; otherwise the two differ by float32 rounding.
+    base, tensors, alphas = random_lora(4, 6.0)
+    reference = reference_merged(4, 6.0)
+    write_export(tensors, alphas, "diffsynth", tmp_path)
+    state = base.audio_dit.state_dict()
+    fused = _diffsynth_fuse(state, load_file(str(tmp_path / "audio_dit.safetensors")))
+    expected = {k[len("audio_dit.") :]: v for k, v in reference.items() if k.startswith("audio_dit.")}
+    assert 0 < max_diff(fused, expected) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ ComfyUI
+
+
+class _PrismTree(nn.Module):
+    """The module tree of core ComfyUI's Prism (``comfy/ldm/prism/model.py``, ``Prism.__init__``), built from ours.
+
+    Comfy-Org/ComfyUI (formerly comfyanonymous/ComfyUI; commit c4b595b of ``comfy/ldm/prism/model.py``): the
+    towers ``video_dit``, ``video_dit_2``, ``audio_dit``; ``count = min(video_layers, audio_layers)``;
+    ``fusion_blocks[i] = FusedBlock(video_dit.blocks[i], audio_dit.blocks[i])`` which adds ``a2v_conditioner`` /
+    ``v2a_conditioner`` (a ``Conditioner``: ``y_norm`` + ``inner`` cross attention ``q/k/v/o``, the names of the
+    release bridge's ``audio_to_video_conditioners.i`` / ``video_to_audio_conditioners.i``);
+    ``remaining_video_blocks = video_dit.blocks[count:]``; then ``video_dit.blocks`` and ``audio_dit.blocks`` are
+    emptied. ``video_dit_2`` keeps its blocks.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model = copy.deepcopy(model)
+        self.video_dit, self.video_dit_2, self.audio_dit = model.video_dit, model.video_dit_2, model.audio_dit
+        count = min(len(self.video_dit.blocks), len(self.audio_dit.blocks))
+        bridge = model.dual_tower_bridge
+        fused = []
+        for i in range(count):
+            block = nn.Module()
+            block.video_block, block.audio_block = self.video_dit.blocks[i], self.audio_dit.blocks[i]
+            block.a2v_conditioner = bridge.audio_to_video_conditioners[i]
+            block.v2a_conditioner = bridge.video_to_audio_conditioners[i]
+            fused.append(block)
+        self.fusion_blocks = nn.ModuleList(fused)
+        self.remaining_video_blocks = nn.ModuleList(self.video_dit.blocks[count:])
+        self.video_dit.blocks = nn.ModuleList()
+        self.audio_dit.blocks = nn.ModuleList()
+
+
+class _ComfyModel(nn.Module):
+    """ComfyUI's ``BaseModel`` holds the network as ``diffusion_model`` (``comfy/model_base.py``)."""
+
+    def __init__(self, diffusion_model: nn.Module) -> None:
+        super().__init__()
+        self.diffusion_model = diffusion_model
+
+
+def _comfy_apply(model_state: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], strength: float = 1.0):
+    """ComfyUI's LoRA loading, re-implemented from its source (Comfy-Org/ComfyUI, commit 17358c8).
+
+    ``comfy/sd.py`` ``load_lora_for_models``: ``key_map = comfy.lora.model_lora_keys_unet(model)``, the file through
+    ``comfy.lora_convert.convert_lora`` (unchanged for these keys: it only rewrites BFL-control, Wan-Fun
+    ``lora_unet__``, USO and fused-qkv files), ``comfy.lora.loadrandom_lora(lora, key_map)``, patches added at
+    ``strength``. ``model_lora_keys_unet``: for every model key ``diffusion_model.<p>.weight`` the LoRA names
+    ``lora_unet_<p with . -> _>`` and ``diffusion_model.<p>`` (Prism and Wan add no model-specific names).
+    ``load_lora``: ``<x>.alpha`` -> ``alpha = tensor.item()``; ``comfy/weight_adapter/lora.py``
+    ``LoRAAdapter.load``: ``<x>.lora_up.weight`` + ``<x>.lora_down.weight`` (also ``.lora_B.weight`` +
+    ``.lora_A.weight`` and others); ``calculate_weight``: ``weight += (strength * alpha / rank) * mm(up, down)``
+    in the intermediate float32 (alpha None: 1.0); keys not loaded are logged ("lora key not loaded").
+    """
+    key_map = {}
+    for k in model_state:
+        if k.startswith("diffusion_model.") and k.endswith(".weight"):
+            key_map["lora_unet_" + k[len("diffusion_model.") : -len(".weight")].replace(".", "_")] = k
+            key_map[k[: -len(".weight")]] = k
+    out = dict(model_state)
+    loaded = set()
+    for x, target in key_map.items():
+        alpha = None
+        if f"{x}.alpha" in lora:
+            alpha = lora[f"{x}.alpha"].item()
+            loaded.add(f"{x}.alpha")
+        for up_name, down_name in (
+            (f"{x}.lora_up.weight", f"{x}.lora_down.weight"),
+            (f"{x}.lora_B.weight", f"{x}.lora_A.weight"),
+        ):
+            if up_name in lora:
+                up, down = lora[up_name].float(), lora[down_name].float()
+                scale = alpha / down.shape[0] if alpha is not None else 1.0
+                diff = torch.mm(up.flatten(start_dim=1), down.flatten(start_dim=1)).reshape(out[target].shape)
+                out[target] = out[target] + ((strength * scale) * diff).type(out[target].dtype)
+                loaded |= {up_name, down_name}
+                break
+    assert loaded == set(lora), f"ComfyUI would not load {sorted(set(lora) - loaded)[:3]}"
+    return out
+
+
+@pytest.mark.parametrize(("rank", "alpha"), [(4, 8.0), (4, 6.0), (3, 5.0)])
+def test_comfyui_prism_loader_reproduces_our_merge_exactly(tmp_path, rank, alpha):
+    base, tensors, alphas = random_lora(rank, alpha)
+    reference = reference_merged(rank, alpha)
+    write_export(tensors, alphas, "comfyui", tmp_path, fused_layers=fused_layers_of(base))
+    comfy_state = _ComfyModel(_PrismTree(base)).state_dict()
+    expected = _ComfyModel(_PrismTree(_with_weights(base, reference))).state_dict()
+    patched = _comfy_apply(comfy_state, load_file(str(tmp_path / PRISM_FILE)))
+    assert any(k.startswith("diffusion_model.remaining_video_blocks.0.") for k in patched)
+    assert max_diff(patched, expected) == 0.0
+
+
+@pytest.mark.parametrize(("rank", "alpha"), [(4, 8.0), (4, 6.0)])
+def test_comfyui_wan_loader_reproduces_our_merge_exactly(tmp_path, rank, alpha):
+    # ComfyUI's Wan model (comfy/ldm/wan/model.py WanModel: blocks.N.self_attn.q/k/v/o, cross_attn.*, ffn.0/ffn.2,
+    # head.head, text/time embeddings) has the release key names, one model per expert.
+    base, tensors, alphas = random_lora(rank, alpha)
+    reference = reference_merged(rank, alpha)
+    write_export(tensors, alphas, "comfyui_wan", tmp_path)
+    for expert in ("video_dit", "video_dit_2"):
+        state = _ComfyModel(copy.deepcopy(getattr(base, expert))).state_dict()
+        expected = {
+            "diffusion_model." + k[len(expert) + 1 :]: v
+            for k, v in reference.items()
+            if k.startswith(expert + ".")
+        }
+        patched = _comfy_apply(state, load_file(str(tmp_path / f"{expert}.safetensors")))
+        assert max_diff(patched, expected) == 0.0, expert
+
+
+def _with_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out
+
+
+def test_comfyui_wan_refuses_a_lora_without_video_layers():
+    _, tensors, alphas = random_lora(4, 4.0)
+    bridge = {k: v for k, v in tensors.items() if k.startswith("dual_tower_bridge.")}
+    with pytest.raises(LoraError, match="no video expert layers"):
+        export_files(bridge, {m: 4.0 for m in split_modules(bridge)}, "comfyui_wan")
+
+
+def test_comfyui_refuses_layers_prism_has_no_place_for():
+    _, tensors, alphas = random_lora(4, 4.0)
+    with pytest.raises(LoraError, match="beyond the 1 Prism fusion blocks"):
+        export_files(tensors, alphas, "comfyui", fused_layers=1)
+
+
+# ------------------------------------------------------------------------------------------------ other imports
+
+
+def test_kohya_underscored_and_peft_files_import(tmp_path):
+    base, tensors, alphas = random_lora(4, 8.0)
+    pairs = split_modules(tensors)
+    targets, fused = linear_targets(base), fused_layers_of(base)
+    kohya = {}
+    for module, (a, b) in pairs.items():
+        name = "lora_unet_" + prism_name(module, fused).replace(".", "_")
+        kohya |= {
+            f"{name}.lora_down.weight": a,
+            f"{name}.lora_up.weight": b,
+            f"{name}.alpha": torch.tensor(8.0),
+        }
+    back, back_alphas = map_foreign(kohya, targets, fused)
+    assert back.keys() == tensors.keys() and back_alphas == alphas
+    peft = {f"base_model.model.{k}": v for k, v in tensors.items()}
+    save_file(peft, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(LoraError, match="without its adapter_config.json has no alpha"):
+        read_foreign_lora(tmp_path / "adapter_model.safetensors", base)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA"}))
+    back, back_alphas, fmt = read_foreign_lora(tmp_path / "adapter_model.safetensors", base)
+    assert fmt == "peft" and back_alphas == alphas
+    assert all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+
+def test_diffsynth_training_files_with_default_adapter_keys_need_their_component(tmp_path):
+    # DiffSynth's own trainer saves peft keys of one module, e.g. blocks.0.self_attn.q.lora_A.default.weight
+    # (diffsynth/diffusion/training_module.py mapping_lora_state_dict), with alpha = rank.
+    base, tensors, _ = random_lora(4, 4.0)
+    own = {
+        k[len("video_dit_2.") :].replace(".weight", ".default.weight"): v
+        for k, v in tensors.items()
+        if k.startswith("video_dit_2.")
+    }
+    save_file(own, str(tmp_path / "epoch-4.safetensors"))
+    with pytest.raises(LoraError, match="carry no component"):
+        read_foreign_lora(tmp_path / "epoch-4.safetensors", base)
+    back, back_alphas, fmt = read_foreign_lora(
+        tmp_path / "epoch-4.safetensors", base, component="video_dit_2"
+    )
+    assert fmt == "diffsynth" and set(back_alphas.values()) == {4.0}
+    assert back.keys() == {k for k in tensors if k.startswith("video_dit_2.")}
+
+
+def test_unsupported_or_foreign_keys_are_refused(tmp_path):
+    base, tensors, alphas = random_lora(4, 4.0)
+    targets, fused = linear_targets(base), fused_layers_of(base)
+    with pytest.raises(LoraError, match="not linear LoRA factors"):
+        map_foreign({**tensors, "video_dit.blocks.0.self_attn.q.dora_scale": torch.ones(32)}, targets, fused)
+    with pytest.raises(LoraError, match="not LoRA-able layers of the loaded model"):
+        map_foreign(
+            {
+                "text_encoder.block.0.q.lora_A.weight": torch.ones(4, 8),
+                "text_encoder.block.0.q.lora_B.weight": torch.ones(8, 4),
+            },
+            targets,
+            fused,
+        )
+    single = tiny_model(("video_dit",))
+    write_export(tensors, alphas, "comfyui", tmp_path, fused_layers=fused)
+    with pytest.raises(LoraError, match="video_dit_2"):
+        read_foreign_lora(tmp_path / PRISM_FILE, single)
+    half = {k: v for k, v in tensors.items() if not k.endswith("lora_B.weight") or "blocks.0." not in k}
+    with pytest.raises(LoraError, match="has only its down"):
+        map_foreign(half, targets, fused)
+
+
+def test_export_metadata_names_format_and_component(tmp_path):
+    _, tensors, alphas = random_lora(4, 4.0)
+    write_export(tensors, alphas, "comfyui_wan", tmp_path)
+    with safe_open(str(tmp_path / "video_dit_2.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert meta["mova_train.format"] == "comfyui_wan" and meta["mova_train.component"] == "video_dit_2"
+    assert all(re.match(r"diffusion_model\.blocks\.\d+\.", k) for k in keys)

@@ -1,0 +1,273 @@
+"""Release folders other tools load: SGLang's folder rules, and a LoRA merged into a copy of a release.
+
+``_sglang_load_errors`` re-implements what SGLang checks before and while loading a MOVA folder, from
+sgl-project/sglang ``python/sglang/multimodal_gen``:
+
+* ``runtime/utils/hf_diffusers_utils.py`` ``verify_model_config_and_directory`` (``model_index.json`` exists and has
+  ``_diffusers_version``; every ``[library, class]`` entry has its folder), ``_verify_diffusers_model_complete`` /
+  ``_get_missing_declared_weight_components`` (weight-bearing entries, i.e. all but names containing tokenizer /
+  scheduler / processor / feature_extractor, hold ``*.safetensors`` / ``*.bin`` / ``*.pt`` / ``*.pth`` / ``*.ckpt``)
+  and ``_check_index_files_for_missing_shards`` (every shard of a ``*.safetensors.index.json`` exists);
+* ``runtime/pipelines/mova_pipeline.py``: ``MOVAPipeline`` (``pipeline_name`` ``MOVA``, alias ``MOVAPipeline``) and
+  its ``_required_config_modules``; ``pipelines_core/composed_pipeline_base.py`` ``load_modules`` pops
+  ``_class_name`` / ``_diffusers_version`` / ``boundary_ratio`` and indexes ``model_index[module]`` for each
+  required module, which must be a ``[library, architecture]`` pair;
+* ``runtime/loader/component_loaders/transformer_loader.py`` and ``bridge_loader.py``: ``config.json``'s
+  ``_class_name`` is resolved in the model registry (``WanModel`` and ``WanAudioModel``: the ``EntryClass`` of
+  ``runtime/models/dits/mova_video_dit.py`` / ``mova_audio_dit.py``; the bridge's ``DualTowerConditionalBridge``)
+  and ``configs/models/dits/mova_video.py`` asserts ``not has_image_input``.
+
+The library strings are upstream's (mova_spec.md §1.2): upstream's ``MOVA.from_pretrained`` (diffusers'
+``DiffusionPipeline``) imports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.lora_exports import max_diff, random_lora, reference_merged
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mova_train.models.checkpoint import INDEX_NAME, CheckpointError, load_component, save_component
+from mova_train.models.lora_formats import split_modules
+from mova_train.models.release_folder import export_merged, merged_weight, release_folder_problems
+
+UPSTREAM_INDEX = {
+    "_class_name": "MOVA",
+    "_diffusers_version": "0.35.1",
+    "audio_dit": ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"],
+    "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
+    "audio_vae_type": "dac",
+    "boundary_ratio": 0.9,
+    "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
+    "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
+    "text_encoder": ["transformers", "UMT5EncoderModel"],
+    "tokenizer": ["transformers", "T5TokenizerFast"],
+    "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+    "video_dit_2": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+    "video_vae": ["diffusers", "AutoencoderKLWan"],
+}
+SGLANG_REQUIRED = [
+    "video_vae",
+    "audio_vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    "video_dit",
+    "video_dit_2",
+    "audio_dit",
+    "dual_tower_bridge",
+]
+SGLANG_REGISTRY = {"WanModel", "WanAudioModel", "DualTowerConditionalBridge"}
+
+
+def _sglang_load_errors(root: Path) -> list[str]:
+    """The errors SGLang raises for ``root`` (empty: it loads); rules from the module docstring."""
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        return ["does not contain model_index.json"]
+    index = json.loads(index_path.read_text())
+    if "_diffusers_version" not in index:
+        return ["model_index.json does not contain _diffusers_version"]
+    entries = {
+        k: v
+        for k, v in index.items()
+        if isinstance(v, list) and len(v) == 2 and all(isinstance(i, str) for i in v)
+    }
+    missing = [k for k in entries if not (root / k).exists()]
+    if missing:
+        return [f"missing required component directories: {missing}"]
+    errors = []
+    for key in entries:
+        if key.startswith("_") or any(
+            h in key.lower() for h in ("tokenizer", "scheduler", "processor", "feature_extractor")
+        ):
+            continue
+        if not any(any((root / key).glob(p)) for p in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")):
+            errors.append(f"{key}/<weights> missing")
+    for folder in [root, *(p for p in root.iterdir() if p.is_dir())]:
+        for idx in folder.glob("*.safetensors.index.json"):
+            for shard in set(json.loads(idx.read_text())["weight_map"].values()):
+                if not (folder / shard).exists():
+                    errors.append(f"shard {folder.name}/{shard} missing")
+    if errors:
+        return errors
+    if index.get("_class_name") not in ("MOVA", "MOVAPipeline"):
+        return [f"no pipeline registered for {index.get('_class_name')!r}"]
+    for module in SGLANG_REQUIRED:
+        if module not in index:
+            return [f"KeyError: {module!r}"]
+        if not isinstance(index[module], list) or len(index[module]) != 2:
+            return [f"Module {module!r} must be a [library, architecture] pair"]
+    for module in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"):
+        config = json.loads((root / module / "config.json").read_text())
+        if config.get("_class_name") not in SGLANG_REGISTRY:
+            return [f"{module}: model class {config.get('_class_name')!r} not registered"]
+        if module.startswith("video_dit") and config.get("has_image_input", False):
+            return [f"{module}: has_image_input must be False"]
+    return []
+
+
+def _write_release(root: Path, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> Path:
+    """A release-layout folder: the DiTs (video experts in 2 shards + index) and placeholders for the rest."""
+    for comp in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"):
+        part = getattr(model, comp).to(dtype)
+        save_component(part, root, comp, max_shard_bytes=40_000 if comp.startswith("video_dit") else None)
+        config = json.loads((root / comp / "config.json").read_text())
+        (root / comp / "config.json").write_text(json.dumps({**config, "_diffusers_version": "0.35.1"}))
+    for comp, cls in (("audio_vae", "DAC"), ("video_vae", "AutoencoderKLWan")):
+        (root / comp).mkdir()
+        (root / comp / "config.json").write_text(
+            json.dumps({"_class_name": cls, "_diffusers_version": "0.35.1"})
+        )
+        save_file({"w": torch.zeros(2)}, str(root / comp / "diffusion_pytorch_model.safetensors"))
+    (root / "text_encoder").mkdir()
+    (root / "text_encoder" / "config.json").write_text(json.dumps({"architectures": ["UMT5EncoderModel"]}))
+    save_file({"shared.weight": torch.zeros(2, 2)}, str(root / "text_encoder" / "model.safetensors"))
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "FlowMatchPairScheduler"})
+    )
+    (root / "model_index.json").write_text(json.dumps(UPSTREAM_INDEX, indent=2))
+    return root
+
+
+@pytest.fixture
+def release(tmp_path):
+    base, _, _ = random_lora(4, 6.0)
+    return _write_release(tmp_path / "base", base)
+
+
+def _break(root: Path, defect: str) -> None:
+    index = json.loads((root / "model_index.json").read_text())
+    if defect == "no _diffusers_version":
+        index.pop("_diffusers_version")
+    elif defect == "no video_dit_2 entry":
+        index.pop("video_dit_2")
+    elif defect == "mova_train library strings":
+        index["video_dit"] = ["mova_train", "WanModel"]
+    elif defect == "missing shard":
+        next((root / "video_dit").glob("diffusion_pytorch_model-00001-*.safetensors")).unlink()
+    elif defect == "missing audio_vae folder":
+        shutil.rmtree(root / "audio_vae")
+    elif defect == "wrong config class":
+        config = json.loads((root / "audio_dit" / "config.json").read_text())
+        (root / "audio_dit" / "config.json").write_text(json.dumps({**config, "_class_name": "AudioDiT"}))
+    elif defect == "no bridge weights":
+        (root / "dual_tower_bridge" / "diffusion_pytorch_model.safetensors").unlink()
+    (root / "model_index.json").write_text(json.dumps(index))
+
+
+SGLANG_DEFECTS = [
+    "no _diffusers_version",
+    "no video_dit_2 entry",
+    "missing shard",
+    "missing audio_vae folder",
+    "wrong config class",
+    "no bridge weights",
+]
+
+
+def test_a_release_folder_passes_sglangs_rules_and_ours(release):
+    assert (release / "video_dit" / INDEX_NAME).is_file()  # sharded, like the release
+    assert _sglang_load_errors(release) == []
+    assert release_folder_problems(release) == []
+
+
+@pytest.mark.parametrize("defect", [*SGLANG_DEFECTS, "mova_train library strings"])
+def test_every_defect_sglang_or_upstream_refuses_is_reported(release, defect):
+    _break(release, defect)
+    if defect in SGLANG_DEFECTS:
+        assert _sglang_load_errors(release), defect
+    problems = release_folder_problems(release)
+    assert problems, defect
+    with pytest.raises(CheckpointError, match="not a complete release folder"):
+        export_merged({}, {}, release, release.parent / "out")
+
+
+def _load_all(root: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out = {}
+    for comp in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"):
+        out |= {f"{comp}.{k}": v for k, v in load_component(root, comp, dtype=dtype).state_dict().items()}
+    return out
+
+
+def test_merged_export_equals_peft_merge_exactly_and_keeps_the_layout(release, tmp_path):
+    _, tensors, alphas = random_lora(4, 6.0)
+    out = export_merged(
+        tensors, alphas, release, tmp_path / "merged", provenance={"lora": "lora.safetensors"}
+    )
+    assert _sglang_load_errors(out) == [] and release_folder_problems(out) == []
+    assert max_diff(_load_all(out, torch.float32), reference_merged(4, 6.0)) == 0.0
+    base_files = sorted(p.relative_to(release) for p in release.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == sorted(
+        [*base_files, Path("mova_lora_merge.json")]
+    )
+    assert (out / "video_dit" / INDEX_NAME).read_text() == (release / "video_dit" / INDEX_NAME).read_text()
+    targets = {f"{m}.weight" for m in split_modules(tensors)}
+    for rel in base_files:  # files without a LoRA target are hard links, the others new files
+        touched = rel.suffix == ".safetensors" and any(
+            f"{rel.parts[0]}.{k}" in targets for k in safe_open(str(release / rel), framework="pt").keys()
+        )
+        assert (os.stat(out / rel).st_ino == os.stat(release / rel).st_ino) != touched, rel
+    record = json.loads((out / "mova_lora_merge.json").read_text())
+    assert record["lora"] == "lora.safetensors" and record["modules"] == len(alphas)
+
+
+def test_merged_export_of_a_bf16_release_rounds_once(tmp_path):
+    base, tensors, alphas = random_lora(4, 8.0)
+    root = _write_release(tmp_path / "base", base, dtype=torch.bfloat16)
+    out = export_merged(tensors, alphas, root, tmp_path / "merged", copy=True)
+    merged = _load_all(out, torch.bfloat16)
+    base_bf16 = _load_all(root, torch.bfloat16)
+    pairs = split_modules(tensors)
+    for key, value in merged.items():
+        module = key.removesuffix(".weight")
+        if module in pairs:
+            a, b = pairs[module]
+            expected = (base_bf16[key].float() + (b @ a) * (8.0 / 4)).to(torch.bfloat16)
+            assert torch.equal(value, expected), key
+        else:
+            assert torch.equal(value, base_bf16[key]), key
+    assert not any(os.stat(p).st_nlink > 1 for p in out.rglob("*") if p.is_file())  # copy=True: no hard links
+
+
+def test_merged_weight_is_peft_merge_in_float32():
+    g = torch.Generator().manual_seed(0)
+    w, a, b = torch.randn(6, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(6, 3, generator=g)
+    expected = w.clone()
+    expected += (b @ a) * (5.0 / 3)  # peft LoraLayer.merge: base_layer.weight.data += get_delta_weight()
+    assert torch.equal(merged_weight(w, a, b, 5.0 / 3), expected)
+
+
+def test_merged_export_refuses_before_writing(release, tmp_path):
+    _, tensors, alphas = random_lora(4, 6.0)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(CheckpointError, match="is not empty"):
+        export_merged(tensors, alphas, release, tmp_path / "busy")
+    with pytest.raises(CheckpointError, match="inside the base"):
+        export_merged(tensors, alphas, release, release / "merged")
+    wrong = {k: torch.cat([v, v], dim=1) if k.endswith("lora_A.weight") else v for k, v in tensors.items()}
+    with pytest.raises(CheckpointError, match="is this the base the LoRA was trained on"):
+        export_merged(wrong, alphas, release, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merged_tensor_bytes_land_on_their_keys(release, tmp_path):
+    _, tensors, alphas = random_lora(4, 6.0)
+    out = export_merged(tensors, alphas, release, tmp_path / "merged")
+    shard = next((out / "video_dit").glob("diffusion_pytorch_model-00001-*.safetensors"))
+    with (
+        safe_open(str(shard), framework="pt") as f,
+        safe_open(str(release / shard.relative_to(out)), framework="pt") as g,
+    ):
+        assert list(f.keys()) == list(g.keys()) and f.metadata() == g.metadata()
