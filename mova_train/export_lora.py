@@ -5,7 +5,6 @@ Formats (the files each writes into ``--out``; loading lines in the README, "Use
 * ``diffsynth``: ``<component>.safetensors`` per component, for DiffSynth-Studio's ``pipe.load_lora``;
 * ``comfyui``: ``mova_prism.safetensors``, for core ComfyUI's MOVA dual tower (Prism) and its LoRA loader;
 * ``comfyui_wan``: ``video_dit.safetensors`` / ``video_dit_2.safetensors``, one per expert, for ComfyUI's Wan model;
-* ``upstream``: ``lora_weights.pt`` + ``lora_config.pt`` for upstream's ``scripts/inference_single_lora.py``;
 * ``merged``: a copy of the release folder ``--checkpoint`` with the LoRA merged in (SGLang, upstream without
   its LoRA script, DiffSynth or ComfyUI without LoRA).
 
@@ -16,37 +15,50 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mova_train.models.checkpoint import CheckpointError, read_config
 from mova_train.models.lora import LoraError
 from mova_train.models.lora_formats import FORMATS, RELEASE_FUSED_LAYERS, write_export
 
 log = logging.getLogger(__name__)
 
-ALL_FORMATS = (*FORMATS, "upstream", "merged")
+ALL_FORMATS = (*FORMATS, "merged")
 
 
 def read_native(path: Path) -> tuple[dict, dict[str, float], int]:
     """(tensors, module -> alpha, rank) of one of our LoRA files."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from mova_train.models.lora import read_lora_metadata
     from mova_train.models.lora_formats import split_modules
 
-    spec, _ = read_lora_metadata(path)
-    tensors = load_file(str(path))
+    try:
+        spec, _ = read_lora_metadata(path)
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise LoraError(
+            f"{path}: not a readable lora.safetensors ({err}); give the file written by training"
+        ) from err
     return tensors, {m: spec.alpha for m in split_modules(tensors, str(path))}, spec.rank
 
 
 def fused_layers(checkpoint: Path | None, given: int | None) -> int:
     """Prism's fusion-block count: from the checkpoint's configs, else ``--fused-layers``, else the release's."""
     if checkpoint is not None:
-        layers = min(
-            read_config(checkpoint, "video_dit").num_layers, read_config(checkpoint, "audio_dit").num_layers
-        )
+        counts = []
+        for comp in ("video_dit", "audio_dit"):
+            config = checkpoint / comp / "config.json"
+            try:
+                counts.append(int(json.loads(config.read_text())["num_layers"]))
+            except (OSError, ValueError, KeyError) as err:
+                raise LoraError(
+                    f"--checkpoint {checkpoint}: cannot read num_layers from {config} ({err})"
+                ) from err
+        layers = min(counts)
         if given is not None and given != layers:
             raise LoraError(
                 f"--fused-layers {given} disagrees with {checkpoint} (min of its layer counts: {layers})"
@@ -73,11 +85,6 @@ def export(
         from mova_train.models.release_folder import export_merged
 
         return [export_merged(tensors, alphas, checkpoint, out, copy=copy, provenance={"lora": str(lora)})]
-    if fmt == "upstream":
-        from mova_train.models.lora_upstream import export_upstream
-
-        folder = export_upstream(out, tensors, rank, next(iter(alphas.values())))
-        return [folder / "lora_weights.pt", folder / "lora_config.pt"]
     return write_export(tensors, alphas, fmt, out, fused_layers(checkpoint, fused))
 
 
@@ -108,9 +115,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    errors: tuple[type[Exception], ...] = (LoraError,)
+    if args.format == "merged":  # the checkpoint module imports the codecs (diffusers): only when needed
+        from mova_train.models.checkpoint import CheckpointError
+
+        errors = (LoraError, CheckpointError)
     try:
         written = export(args.lora, args.format, args.out, args.checkpoint, args.fused_layers, args.copy)
-    except (LoraError, CheckpointError) as err:
+    except errors as err:
         parser.exit(2, f"error: {err}\n")
     for path in written:
         log.info("wrote %s", path)

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mova_train.models.lora import COMPONENTS, LoraError
+from mova_train.models.lora import LoraError
+from mova_train.models.mova import COMPONENTS, EXPERTS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ RELEASE_FUSED_LAYERS = 30
 """``min(video layers, audio layers)`` of the released model: the number of Prism ``fusion_blocks``."""
 META_FORMAT = "mova_train.format"
 META_COMPONENT = "mova_train.component"
-EXPERTS = ("video_dit", "video_dit_2")
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _BRIDGE = re.compile(r"(audio_to_video|video_to_audio)_conditioners\.(\d+)\.(.+)")

@@ -5,15 +5,35 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from mova_train.models import build_dual_tower, tiny_config
+from mova_train.models.checkpoint import save_component
 from mova_train.models.lora import LoraSpec, base_state_dict, inject_lora, lora_state_dict, merge_lora
 from mova_train.models.lora_formats import split_modules
 
 EXPERTS = ("video_dit", "video_dit_2")
+# model_index.json as upstream's save_pretrained writes it (mova_spec.md §1.2)
+UPSTREAM_INDEX = {
+    "_class_name": "MOVA",
+    "_diffusers_version": "0.35.1",
+    "audio_dit": ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"],
+    "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
+    "audio_vae_type": "dac",
+    "boundary_ratio": 0.9,
+    "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
+    "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
+    "text_encoder": ["transformers", "UMT5EncoderModel"],
+    "tokenizer": ["transformers", "T5TokenizerFast"],
+    "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+    "video_dit_2": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+    "video_vae": ["diffusers", "AutoencoderKLWan"],
+}
 
 
 def tiny_model(experts: tuple[str, ...] = EXPERTS, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -47,10 +67,8 @@ def random_lora(rank: int, alpha: float, seed: int = 1, experts: tuple[str, ...]
     return copy.deepcopy(model), dict(tensors), dict(alphas)
 
 
-def peft_merged(
-    base: nn.Module, tensors: dict[str, torch.Tensor], alphas: dict[str, float]
-) -> dict[str, torch.Tensor]:
-    """Our merged weights: peft's ``merge`` of the LoRA into a copy of ``base`` (one rank and alpha)."""
+def lora_model(base: nn.Module, tensors: dict[str, torch.Tensor], alphas: dict[str, float]) -> nn.Module:
+    """A copy of ``base`` with LoRA layers holding ``tensors`` (one rank and alpha) and the spec injected."""
     model = copy.deepcopy(base)
     pairs = split_modules(tensors)
     (alpha,) = set(alphas.values())
@@ -59,12 +77,22 @@ def peft_merged(
     for module in pairs:
         comp, _, path = module.partition(".")
         components.setdefault(comp, []).append(path)
-    inject_lora(model, LoraSpec(rank=rank, alpha=alpha, components=components))
+    spec = LoraSpec(rank=rank, alpha=alpha, components=components)
+    inject_lora(model, spec)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for module, (a, b) in pairs.items():
             params[f"{module}.lora_A.default.weight"].copy_(a)
             params[f"{module}.lora_B.default.weight"].copy_(b)
+    model.lora_spec = spec
+    return model
+
+
+def peft_merged(
+    base: nn.Module, tensors: dict[str, torch.Tensor], alphas: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """Our merged weights: peft's ``merge`` of the LoRA into a copy of ``base`` (one rank and alpha)."""
+    model = lora_model(base, tensors, alphas)
     merge_lora(model, unload=True)
     return base_state_dict(model)
 
@@ -84,3 +112,29 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """max |a - b| over the tensors of two state dicts with the same keys."""
     assert set(a) == set(b), (sorted(set(a) ^ set(b)))[:5]
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def write_tiny_release(root: Path, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> Path:
+    """A release-layout folder: the DiTs (video experts in 2 shards + index) and placeholders for the rest."""
+    for comp in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"):
+        part = getattr(model, comp).to(dtype)
+        save_component(part, root, comp, max_shard_bytes=40_000 if comp.startswith("video_dit") else None)
+        config = json.loads((root / comp / "config.json").read_text())
+        (root / comp / "config.json").write_text(json.dumps({**config, "_diffusers_version": "0.35.1"}))
+    for comp, cls in (("audio_vae", "DAC"), ("video_vae", "AutoencoderKLWan")):
+        (root / comp).mkdir()
+        (root / comp / "config.json").write_text(
+            json.dumps({"_class_name": cls, "_diffusers_version": "0.35.1"})
+        )
+        save_file({"w": torch.zeros(2)}, str(root / comp / "diffusion_pytorch_model.safetensors"))
+    (root / "text_encoder").mkdir()
+    (root / "text_encoder" / "config.json").write_text(json.dumps({"architectures": ["UMT5EncoderModel"]}))
+    save_file({"shared.weight": torch.zeros(2, 2)}, str(root / "text_encoder" / "model.safetensors"))
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "FlowMatchPairScheduler"})
+    )
+    (root / "model_index.json").write_text(json.dumps(UPSTREAM_INDEX, indent=2))
+    return root

@@ -38,9 +38,7 @@ from mova_train.models.lora_formats import (
     split_modules,
     write_export,
 )
-
-COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
-
+from mova_train.models.mova import COMPONENTS
 
 # ------------------------------------------------------------------------------------------------ Prism names
 

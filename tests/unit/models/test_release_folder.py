@@ -30,29 +30,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.lora_exports import max_diff, random_lora, reference_merged
+from helpers.lora_exports import max_diff, random_lora, reference_merged, write_tiny_release
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from mova_train.models.checkpoint import INDEX_NAME, CheckpointError, load_component, save_component
+from mova_train.models.checkpoint import INDEX_NAME, CheckpointError, load_component
 from mova_train.models.lora_formats import split_modules
 from mova_train.models.release_folder import export_merged, merged_weight, release_folder_problems
 
-UPSTREAM_INDEX = {
-    "_class_name": "MOVA",
-    "_diffusers_version": "0.35.1",
-    "audio_dit": ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"],
-    "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
-    "audio_vae_type": "dac",
-    "boundary_ratio": 0.9,
-    "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
-    "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
-    "text_encoder": ["transformers", "UMT5EncoderModel"],
-    "tokenizer": ["transformers", "T5TokenizerFast"],
-    "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
-    "video_dit_2": ["mova.diffusion.models.wan_video_dit", "WanModel"],
-    "video_vae": ["diffusers", "AutoencoderKLWan"],
-}
 SGLANG_REQUIRED = [
     "video_vae",
     "audio_vae",
@@ -114,36 +98,10 @@ def _sglang_load_errors(root: Path) -> list[str]:
     return []
 
 
-def _write_release(root: Path, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> Path:
-    """A release-layout folder: the DiTs (video experts in 2 shards + index) and placeholders for the rest."""
-    for comp in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"):
-        part = getattr(model, comp).to(dtype)
-        save_component(part, root, comp, max_shard_bytes=40_000 if comp.startswith("video_dit") else None)
-        config = json.loads((root / comp / "config.json").read_text())
-        (root / comp / "config.json").write_text(json.dumps({**config, "_diffusers_version": "0.35.1"}))
-    for comp, cls in (("audio_vae", "DAC"), ("video_vae", "AutoencoderKLWan")):
-        (root / comp).mkdir()
-        (root / comp / "config.json").write_text(
-            json.dumps({"_class_name": cls, "_diffusers_version": "0.35.1"})
-        )
-        save_file({"w": torch.zeros(2)}, str(root / comp / "diffusion_pytorch_model.safetensors"))
-    (root / "text_encoder").mkdir()
-    (root / "text_encoder" / "config.json").write_text(json.dumps({"architectures": ["UMT5EncoderModel"]}))
-    save_file({"shared.weight": torch.zeros(2, 2)}, str(root / "text_encoder" / "model.safetensors"))
-    (root / "tokenizer").mkdir()
-    (root / "tokenizer" / "tokenizer.json").write_text("{}")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({"_class_name": "FlowMatchPairScheduler"})
-    )
-    (root / "model_index.json").write_text(json.dumps(UPSTREAM_INDEX, indent=2))
-    return root
-
-
 @pytest.fixture
 def release(tmp_path):
     base, _, _ = random_lora(4, 6.0)
-    return _write_release(tmp_path / "base", base)
+    return write_tiny_release(tmp_path / "base", base)
 
 
 def _break(root: Path, defect: str) -> None:
@@ -224,7 +182,7 @@ def test_merged_export_equals_peft_merge_exactly_and_keeps_the_layout(release, t
 
 def test_merged_export_of_a_bf16_release_rounds_once(tmp_path):
     base, tensors, alphas = random_lora(4, 8.0)
-    root = _write_release(tmp_path / "base", base, dtype=torch.bfloat16)
+    root = write_tiny_release(tmp_path / "base", base, dtype=torch.bfloat16)
     out = export_merged(tensors, alphas, root, tmp_path / "merged", copy=True)
     merged = _load_all(out, torch.bfloat16)
     base_bf16 = _load_all(root, torch.bfloat16)
