@@ -2,8 +2,8 @@
 
 :class:`MovaEncoders` turns a raw batch from the datamodule (``video``, ``first_frame``, ``audio``,
 ``caption``) into the latent dict the objective consumes; in cached mode the datamodule already yields
-latents and :func:`latents_from_cached` only renames the fields. Every encoder is frozen and runs without
-gradients (spec §7.4).
+latents (same names, ``mova_train.data.schema.Batch``) and :func:`latents_from_cached` only checks them.
+Every encoder is frozen and runs without gradients (spec §7.4).
 """
 
 from __future__ import annotations
@@ -25,26 +25,16 @@ __all__ = ["MovaEncoders", "latents_from_cached", "tiny_encoders"]
 
 
 def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Map a cached-mode batch (``video_latents``, ``cond`` (mask + condition latent), ``audio_latents``,
-    ``text_embeds``, ``audio_mask``, ``empty_latents``) to the objective's names (``video_latents``, ``cond``,
-    ``audio_latents``, ``context``, ``audio_mask``, ``empty_latents``). Batches already in the objective's layout pass through."""
-    out: dict[str, torch.Tensor] = {}
-    for src, dst in (
-        ("video_latents", "video_latents"),
-        ("cond", "cond"),
-        ("audio_latents", "audio_latents"),
-        ("text_embeds", "context"),
-        ("context", "context"),
-        ("audio_mask", "audio_mask"),
-        ("empty_latents", "empty_latents"),
-    ):
-        if src in batch:
-            out[dst] = batch[src]
+    """The latent fields of a batch in the objective's layout (``video_latents``, ``cond`` (mask + condition
+    latent), ``audio_latents``, ``context``, ``audio_mask``, ``empty_latents``; the names of
+    ``mova_train.data.schema.Batch``, which the cached datamodule already uses), checked for completeness."""
+    names = ("video_latents", "cond", "audio_latents", "context", "audio_mask", "empty_latents")
+    out: dict[str, torch.Tensor] = {name: batch[name] for name in names if name in batch}
     missing = {"video_latents", "cond", "audio_latents", "context"} - set(out)
     if missing:
         raise KeyError(
             f"batch lacks {sorted(missing)} (has {sorted(batch)}); a raw batch (video/audio/caption) needs "
-            f"`encoders` on the module, a cached batch needs video_latents/cond/audio_latents/text_embeds"
+            f"`encoders` on the module, a cached batch needs video_latents/cond/audio_latents/context"
         )
     return out
 
@@ -127,7 +117,7 @@ class MovaEncoders(nn.Module):
         if "audio" in batch and "audio_latents" not in batch:
             dac = self._need("audio_vae", "audio")
             out["audio_latents"] = dac.encode(batch["audio"])
-        if "caption" in batch and "context" not in batch and "text_embeds" not in batch:
+        if "caption" in batch and "context" not in batch:
             te = self._need("text_encoder", "caption")
             context = te.encode(list(batch["caption"]))
             ref = out.get("video_latents")

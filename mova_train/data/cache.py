@@ -4,10 +4,10 @@
 
 - `latents.safetensors`: bf16 tensors `video_latents` `[z, T', H', W']` (normalized posterior mean),
   `cond_latents` `[z, T', H', W']` (normalized first-frame conditioning latent; the 4 mask channels are rebuilt
-  by `cond_with_mask`), `audio_latents` `[Ca, L]` (raw DAC posterior mean) and `text_embeds` `[n_tokens, D]`
+  by `cond_with_mask`), `audio_latents` `[Ca, L]` (raw DAC posterior mean) and `context` `[n_tokens, D]`
   (trimmed to the real token count; `pad_text` zero-pads it back to `text_len` rows).
 - `json`: the raw record with `num_frames`/`height`/`width` replaced by the encoded size (the source values move
-  to `source_*`), plus `fingerprint`, `n_tokens`, `text_len`, `audio_mask`, `caption_sha256` and a `cache` object
+  to `source_*`), plus `fingerprint`, `latents_sha256` (checked on every read), `n_tokens`, `text_len`, `audio_mask`, `caption_sha256` and a `cache` object
   with every encode setting. The top-level `fps`/`sample_rate` stay the source's (the record still validates as a
   `ClipRecord`); the encoded ones are in `cache`.
 
@@ -33,12 +33,13 @@ from typing import Any
 
 import torch
 
+from mova_train.data.schema import CACHE_KIND
+
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-CACHE_KIND = "mova_latent_cache"
+CACHE_VERSION = 2  # 2: text states named `context`, per-sample `latents_sha256`
 MASK_CHANNELS = 4  # first-frame mask channels in front of the cond latent (mova_spec.md §2.5)
-TENSOR_NAMES = ("video_latents", "cond_latents", "audio_latents", "text_embeds")
+TENSOR_NAMES = ("video_latents", "cond_latents", "audio_latents", "context")
 RERUN_HINT = (
     "re-run `python -m data_tools.encode --shards <raw shards> --out {cache}` with the current settings"
 )
@@ -47,6 +48,17 @@ _SMALL_FILE = 64 << 20  # files up to this size are hashed in full (configs, tok
 
 class StaleCacheError(RuntimeError):
     """The latent cache was made with other settings, weights or captions than the ones requested."""
+
+
+class CorruptCacheError(RuntimeError):
+    """A cached sample's bytes are not the ones the encoder wrote (checksum mismatch, non-finite values)."""
+
+    reason = "corrupt_cache"
+
+
+def latents_checksum(latents: bytes) -> str:
+    """sha256 hex of a `latents.safetensors` member (stored in the record as `latents_sha256`)."""
+    return hashlib.sha256(latents).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,11 @@ def read_cache_index(cache_dir: str | Path) -> dict[str, Any]:
             f"{path}: field 'kind' is {index.get('kind')!r}, not {CACHE_KIND!r}: this is not a latent cache "
             "(raw shards need data.mode=raw)"
         )
+    if index.get("version") != CACHE_VERSION:
+        raise StaleCacheError(
+            f"{path}: cache format version {index.get('version')!r}, this mova_train reads {CACHE_VERSION}; "
+            + RERUN_HINT.format(cache=cache_dir)
+        )
     return index
 
 
@@ -360,34 +377,52 @@ def read_cached_sample(
     Args:
         latents: The `latents.safetensors` member bytes.
         record: The `json` member (bytes or parsed), needed for the caption/fingerprint checks and metadata.
-        text_len: Zero-pad `text_embeds` to this many rows (None keeps the trimmed `[n_tokens, D]`).
+        text_len: Zero-pad `context` to this many rows (None keeps the trimmed `[n_tokens, D]`).
         caption: A caption override: refused (`StaleCacheError`) unless it hashes to the record's
             `caption_sha256`, since the cached text states belong to the original caption.
         fingerprint: Refuse a sample whose record carries another fingerprint.
 
     Returns:
         dict with the bf16 tensors `video_latents` `[z, T', H', W']`, `cond_latents` `[z, T', H', W']`,
-        `audio_latents` `[Ca, L]`, `text_embeds` `[n_tokens or text_len, D]`, and `text_lens` int,
+        `audio_latents` `[Ca, L]`, `context` `[n_tokens or text_len, D]`, and `text_lens` int,
         `audio_mask` bool, `caption` str, `key` str (when the record has them).
 
     Raises:
         StaleCacheError: Caption or fingerprint mismatch.
+        CorruptCacheError: The bytes do not match the record's `latents_sha256` (checked whenever a record is
+            given), cannot be parsed, or hold non-finite values.
         KeyError: A tensor is missing from the safetensors bytes.
     """
     from safetensors.torch import load
 
-    tensors = load(latents)
-    missing = [n for n in TENSOR_NAMES if n not in tensors]
-    if missing:
-        raise KeyError(
-            f"cached sample lacks tensors {missing} (has {sorted(tensors)}); re-run data_tools.encode"
-        )
     rec: dict[str, Any] = {}
     if isinstance(record, bytes | str):
         rec = json.loads(record)
     elif record is not None:
         rec = dict(record)
     where = rec.get("source_path", "<cached sample>")
+    expected_sha = rec.get("latents_sha256")
+    if record is not None and expected_sha is None:
+        raise CorruptCacheError(f"{where}: the record has no latents_sha256; re-run data_tools.encode")
+    if expected_sha is not None and latents_checksum(latents) != expected_sha:
+        raise CorruptCacheError(
+            f"{where}: latents.safetensors does not match its checksum (corrupt bytes on disk or in transfer); "
+            "re-run data_tools.encode on this shard"
+        )
+    try:
+        tensors = load(latents)
+    except Exception as err:  # safetensors raises several error types for bad bytes
+        raise CorruptCacheError(f"{where}: latents.safetensors cannot be read ({err})") from err
+    missing = [n for n in TENSOR_NAMES if n not in tensors]
+    if missing:
+        raise KeyError(
+            f"cached sample lacks tensors {missing} (has {sorted(tensors)}); re-run data_tools.encode"
+        )
+    bad = [n for n in TENSOR_NAMES if tensors[n].is_floating_point() and not torch.isfinite(tensors[n]).all()]
+    if bad:
+        raise CorruptCacheError(
+            f"{where}: cached tensors {bad} hold non-finite values; re-run data_tools.encode"
+        )
     if fingerprint is not None and rec.get("fingerprint") != fingerprint:
         raise StaleCacheError(
             f"{where}: cached with fingerprint {rec.get('fingerprint')} != {fingerprint}; re-run data_tools.encode"
@@ -399,11 +434,11 @@ def read_cached_sample(
                 f"{where}: caption {caption[:60]!r} differs from the one the text states were cached with "
                 f"({rec.get('caption', '<unknown>')[:60]!r}); re-run data_tools.encode with the new captions"
             )
-    text = tensors["text_embeds"]
+    text = tensors["context"]
     n_tokens = text.shape[0]
     out: dict[str, Any] = {name: tensors[name] for name in TENSOR_NAMES}
     if text_len is not None:
-        out["text_embeds"] = pad_text(text, text_len)
+        out["context"] = pad_text(text, text_len)
         n_tokens = min(n_tokens, text_len)
     out["text_lens"] = n_tokens
     out["audio_mask"] = bool(rec.get("audio_mask", rec.get("has_audio", True)))

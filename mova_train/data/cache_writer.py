@@ -37,6 +37,7 @@ from mova_train.data.cache import (
     caption_hash,
     component_hash,
     fingerprint_inputs,
+    latents_checksum,
     write_json_atomic,
 )
 from mova_train.data.decode import DecodeError, decode_clip
@@ -103,6 +104,16 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return data if data.get("bytes") == path.stat().st_size else None
+
+
+def _readable_samples(url: str, skipped: dict[str, list[dict[str, str]]]) -> Iterator[dict[str, Any]]:
+    """The samples of a raw shard up to any damage; a corrupt tail is listed under `corrupt_shard`."""
+    try:
+        yield from iter_shard(url)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        detail = f"{type(err).__name__}: {err}; rebuild or re-copy this shard"
+        skipped.setdefault("corrupt_shard", []).append({"key": "", "shard": Path(url).name, "detail": detail})
+        logger.warning("%s is damaged, the rest of it is skipped: %s", url, detail)
 
 
 class ShardEncoder:
@@ -177,15 +188,18 @@ class ShardEncoder:
                 "video_latents": out["video_latents"][i],
                 "cond_latents": cond[cond.shape[0] - z :],  # drop the 4 mask channels (rebuilt when read)
                 "audio_latents": out["audio_latents"][i],
-                "text_embeds": out["context"][i, : int(n_tokens[i])],
+                "context": out["context"][i, : int(n_tokens[i])],
             }
             tensors = {
                 k: v.detach().to("cpu", torch.bfloat16).contiguous().clone() for k, v in tensors.items()
             }
-            results.append((it["key"], save(tensors), self._record(it, int(n_tokens[i]), tensors)))
+            latents = save(tensors)
+            results.append((it["key"], latents, self._record(it, int(n_tokens[i]), tensors, latents)))
         return results
 
-    def _record(self, item: dict[str, Any], n_tokens: int, tensors: Mapping[str, torch.Tensor]) -> bytes:
+    def _record(
+        self, item: dict[str, Any], n_tokens: int, tensors: Mapping[str, torch.Tensor], latents: bytes
+    ) -> bytes:
         s = self.settings
         record = dict(item["record"])
         for name in ("num_frames", "height", "width"):
@@ -197,6 +211,7 @@ class ShardEncoder:
             height=s.height,
             width=s.width,
             fingerprint=self.fingerprint,
+            latents_sha256=latents_checksum(latents),
             n_tokens=n_tokens,
             text_len=s.text_len,
             audio_mask=bool(item["audio_mask"]),
@@ -213,7 +228,7 @@ class ShardEncoder:
 
     def _batches(self, url: str, skipped: dict[str, list[dict[str, str]]], bar: Any) -> Iterator[list[dict]]:
         pending: list[dict[str, Any]] = []
-        for sample in iter_shard(url):
+        for sample in _readable_samples(url, skipped):
             key = str(sample.get("__key__"))
             try:
                 pending.append(self._decode(sample))

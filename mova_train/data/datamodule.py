@@ -237,15 +237,20 @@ class MovaDataModule(LightningDataModule):
                 batch[name] = to_model_range(batch[name])
         return batch
 
-    def skip_stats(self) -> dict[str, float]:
-        """Training skip metrics of this rank (`data/seen`, `data/skipped`, `data/skip_rate`) for logging."""
+    def skip_stats(self) -> dict[str, Any]:
+        """Training-stream counters of this rank so far: `seen`, `skipped`, `by_reason` and the data-parallel
+        `rank` (logged by the `DataStats` callback as `data/seen`, `data/skipped`, `data/skip_rate`,
+        `data/skipped/<reason>`)."""
         _, counters, _ = self.tracker.position()
-        seen = sum(c["seen"] for c in counters.values())
-        skipped = sum(sum(c["skipped"].values()) for c in counters.values())
+        by_reason: dict[str, int] = {}
+        for c in counters.values():
+            for reason, n in c["skipped"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + int(n)
         return {
-            "data/seen": float(seen),
-            "data/skipped": float(skipped),
-            "data/skip_rate": skipped / max(1, seen),
+            "rank": self.rank,
+            "seen": sum(int(c["seen"]) for c in counters.values()),
+            "skipped": sum(by_reason.values()),
+            "by_reason": dict(sorted(by_reason.items())),
         }
 
     # ------------------------------------------------------------------------------------------- state

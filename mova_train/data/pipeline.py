@@ -108,23 +108,27 @@ def resolve_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
 
 
 def shard_counts(urls: Sequence[str]) -> list[int]:
-    """Samples per shard, from the folder's `index.json` when it lists the shard, else by reading tar headers."""
+    """Samples per shard, from the folder's `index.json` when it lists the shard, else by reading tar headers
+    (an unreadable tar counts 0 samples, with a warning; the stream skips and counts it when it reads it)."""
+    from mova_train.data.schema import read_index
+
     counts: list[int] = []
     index_cache: dict[str, dict[str, int]] = {}
     for url in urls:
         folder, name = os.path.split(url)
         if folder not in index_cache:
-            index_path = os.path.join(folder, "index.json")
             index_cache[folder] = {}
-            if os.path.isfile(index_path):
-                with open(index_path, encoding="utf-8") as f:
-                    index = json.load(f)
-                index_cache[folder] = {s["name"]: int(s["count"]) for s in index.get("shards", [])}
+            if os.path.isfile(os.path.join(folder, "index.json")):
+                index_cache[folder] = {s["name"]: int(s["count"]) for s in read_index(folder)["shards"]}
         if name in index_cache[folder]:
             counts.append(index_cache[folder][name])
             continue
-        with tarfile.open(url) as tar:
-            keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isreg()}
+        try:
+            with tarfile.open(url) as tar:
+                keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isreg()}
+        except (tarfile.TarError, OSError) as err:
+            logger.warning("%s is not a readable tar (%s): counted as empty", url, err)
+            keys = set()
         counts.append(len(keys))
     return counts
 
@@ -180,12 +184,40 @@ class SkipCounter:
 
 
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Stage 1: yield the samples of one tar shard as `{"__key__", "__url__", <ext>: bytes}`."""
+    """Stage 1: yield the samples of one tar shard as `{"__key__", "__url__", <ext>: bytes}`.
+
+    Raises:
+        tarfile.TarError, OSError: The file is not a readable tar (see `read_shard`, which skips and counts).
+    """
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     with open(url, "rb") as stream:
         files = tar_file_expander([{"url": url, "stream": stream}])
         yield from group_by_keys(files)
+
+
+def read_shard(url: str, counter: SkipCounter, expected: int | None = None) -> Iterator[dict[str, Any]]:
+    """`iter_shard` that survives a corrupt or truncated tar: the samples before the damage are yielded, the rest
+    of the shard counts as one skipped sample (`corrupt_shard`) and the stream goes on with other shards.
+
+    Args:
+        url: The tar file.
+        counter: Where the skip is counted.
+        expected: Samples the shard should hold (its `index.json` count); a tar that ends early (truncated on a
+            block boundary, which tar readers take for a normal end) is then damaged too.
+    """
+    n = 0
+    try:
+        for sample in iter_shard(url):
+            n += 1
+            yield sample
+    except (tarfile.TarError, OSError, EOFError) as err:
+        counter.add_seen()
+        counter.skip("corrupt_shard", url, f"{type(err).__name__}: {err}; rebuild or re-copy this shard")
+        return
+    if expected is not None and n < expected:
+        counter.add_seen()
+        counter.skip("corrupt_shard", url, f"ends after {n} of {expected} samples (truncated?); re-copy it")
 
 
 def parse_record(sample: dict[str, Any]) -> dict[str, Any]:
@@ -294,12 +326,12 @@ def cached_stage(
                 "video_latents": cached["video_latents"].float(),
                 "cond": cond_with_mask(cached["cond_latents"].float()),
                 "audio_latents": cached["audio_latents"].float(),
-                "text_embeds": cached["text_embeds"].float(),
+                "context": cached["context"].float(),
                 "text_lens": cached["text_lens"],
                 "audio_mask": cached["audio_mask"],
             }
-        except Exception as err:  # corrupt safetensors bytes raise several error types
-            counter.skip("cache_error", where, f"{type(err).__name__}: {err}")
+        except Exception as err:  # noqa: BLE001 - any unreadable sample is skipped and counted, never trained on
+            counter.skip(getattr(err, "reason", "cache_error"), where, f"{type(err).__name__}: {err}")
             continue
         item["caption"] = record.get("caption", "")
         item["key"] = sample["__key__"]
@@ -395,13 +427,15 @@ class TrainStream(IterableDataset):
         # DataLoader worker w plays stream worker (w + worker_offset) % num_workers: a resumed loader starts its
         # round robin at worker 0, so the offset makes it ask the stream that was next in line
         self.worker_offset = 0
+        self.counts = shard_counts(cfg.shards)
 
-    def _raw_samples(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+    def _raw_samples(self, rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, Any]]:
         """Resampled shards (drawn with replacement) through a shuffle buffer; never ends."""
         urls = self.cfg.shards
         buffer: list[dict[str, Any]] = []
         while True:
-            for sample in iter_shard(urls[rng.randrange(len(urls))]):
+            k = rng.randrange(len(urls))
+            for sample in read_shard(urls[k], counter, self.counts[k]):
                 if len(buffer) < self.cfg.shuffle_buffer:
                     buffer.append(sample)
                     continue
@@ -422,7 +456,7 @@ class TrainStream(IterableDataset):
         counter = SkipCounter(math.inf if skip_to else cfg.max_skip_rate, cfg.skip_rate_min_samples)
         if skip_to:
             logger.info("rank %d worker %d resumes its stream at batch %d", self.rank, worker, skip_to)
-        stream = _bucketed(self._raw_samples(rng), cfg, counter)
+        stream = _bucketed(self._raw_samples(rng, counter), cfg, counter)
         for index, (bucket, group) in enumerate(bucket_batches(stream, cfg.batch_size, flush=False)):
             if index < skip_to:  # fast-forward without decoding
                 if index == skip_to - 1:
@@ -454,7 +488,7 @@ class ValStream(IterableDataset):
         self.world_size = world_size
         self.counts = shard_counts(cfg.shards)
 
-    def _slice(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+    def _slice(self, worker: int, num_workers: int, counter: SkipCounter) -> Iterator[dict[str, Any]]:
         total_workers = self.world_size * num_workers
         g = self.rank * num_workers + worker
         n = sum(self.counts)
@@ -462,7 +496,8 @@ class ValStream(IterableDataset):
         offset = 0
         for url, count in zip(self.cfg.shards, self.counts, strict=True):
             if offset + count > lo and offset < hi:
-                for i, sample in enumerate(iter_shard(url)):
+                reads_to_end = offset + count <= hi  # that worker can tell a shard that ends early
+                for i, sample in enumerate(read_shard(url, counter, count if reads_to_end else None)):
                     if offset + i >= hi:
                         break  # the rest of the shard belongs to the next worker: don't read it
                     if offset + i >= lo:
@@ -473,7 +508,7 @@ class ValStream(IterableDataset):
         worker, num_workers = worker_slot()
         cfg = self.cfg
         counter = SkipCounter(cfg.max_skip_rate, cfg.skip_rate_min_samples)
-        stream = _bucketed(self._slice(worker, num_workers), cfg, counter)
+        stream = _bucketed(self._slice(worker, num_workers, counter), cfg, counter)
         for index, (bucket, group) in enumerate(bucket_batches(stream, cfg.batch_size, flush=True)):
             items = _decode_batch(cfg, bucket, group, counter, None)
             if items:

@@ -16,18 +16,25 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    import torch
 
 VIDEO_KEY = "mp4"
 RECORD_KEY = "json"
 LATENTS_KEY = "latents.safetensors"
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
+CACHE_KIND = (
+    "mova_latent_cache"  # `kind` of a latent cache's index.json (its version is checked by data.cache)
+)
 SHARD_PATTERN = "shard-{index:06d}.tar"
 KEY_LENGTH = 16
 
@@ -65,7 +72,47 @@ FLAG_AUDIO_SHORTER = "audio_shorter_than_video"
 FLAG_EMPTY_CAPTION = "empty_caption"
 FLAG_VARIABLE_FRAME_RATE = "variable_frame_rate"
 
+logger = logging.getLogger(__name__)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Batch(TypedDict, total=False):
+    """The keys of a batch, from the datamodule to the objective (one name per quantity, nowhere renamed).
+
+    Raw mode fills `video`, `first_frame`, `audio`; cached mode fills `video_latents`, `cond`, `audio_latents`,
+    `context`, `text_lens`; the encoders (`mova_train.codecs.encoders.MovaEncoders.encode_batch`) turn the first
+    kind into the second. Shapes: `B` samples, `F` frames, `H x W` pixels, `S` audio samples, `z` video latent
+    channels, `T' = (F - 1) / 4 + 1`, `Ca` audio latent channels, `L` audio latent length, `Lt` text rows,
+    `D` text width.
+
+    Attributes:
+        video: uint8 (from the loader) or float in [-1, 1] (on the device) `[B, 3, F, H, W]`.
+        first_frame: The conditioning frame, same dtype, `[B, 3, H, W]`.
+        audio: float32 mono waveform `[B, 1, S]`.
+        audio_mask: bool `[B]`, False for clips kept with silence (`data.missing_audio=silence`).
+        caption: The B captions.
+        key: The B shard keys (`__key__`).
+        video_latents: Normalized video latents `[B, z, T', H/8, W/8]`.
+        cond: First-frame condition with its 4 mask channels `[B, 4 + z, T', H/8, W/8]`.
+        audio_latents: DAC latents `[B, Ca, L]`.
+        context: Text-encoder states `[B, Lt, D]` (zero rows past each caption's length).
+        text_lens: long `[B]`, real token count of each caption.
+        empty_latents: Normalized latent of an all-zero clip of the batch's size `[B, z, T', H/8, W/8]`, for
+            the no-frame condition (text-to-audio-video mode).
+    """
+
+    video: torch.Tensor
+    first_frame: torch.Tensor
+    audio: torch.Tensor
+    audio_mask: torch.Tensor
+    caption: list[str]
+    key: list[str]
+    video_latents: torch.Tensor
+    cond: torch.Tensor
+    audio_latents: torch.Tensor
+    context: torch.Tensor
+    text_lens: torch.Tensor
+    empty_latents: torch.Tensor
 
 
 class SchemaError(ValueError):
@@ -201,18 +248,49 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         raise SchemaError(f"{path} not found; build the shards with `python -m data_tools.build_shards`")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SchemaError(f"{path} is not valid JSON ({err}); rebuild the shards") from err
-    if index.get("version") != INDEX_VERSION:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SchemaError(
+            f"{path} is not valid JSON ({err}); rebuild the shards (build_shards, or encode for a cache)"
+        ) from err
+    if not isinstance(index, dict):
+        raise SchemaError(f"{path} must hold a JSON object; rebuild the shards")
+    if index.get("kind") != CACHE_KIND and index.get("version") != INDEX_VERSION:
         raise SchemaError(f"{path}: field 'version' is {index.get('version')!r}, expected {INDEX_VERSION}")
-    if not isinstance(index.get("shards"), list):
-        raise SchemaError(f"{path}: field 'shards' must be a list of {{name, count, bytes}}")
+    shards = index.get("shards")
+    if not isinstance(shards, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("count"), int)
+        for e in shards
+    ):
+        raise SchemaError(
+            f"{path}: field 'shards' must be a list of {{name, count, bytes}}; rebuild the shards"
+        )
     return index
 
 
 def shard_urls(folder: str | Path) -> list[str]:
-    """Return the shard paths listed in a folder's `index.json`, in order."""
+    """Return the shard paths listed in a folder's `index.json`, in order.
+
+    Raises:
+        SchemaError: The index is unusable.
+        FileNotFoundError: A listed shard is missing (found here, at setup, not when the stream first draws it).
+    """
     index = read_index(folder)
+    missing = [e["name"] for e in index["shards"] if not (Path(folder) / e["name"]).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{Path(folder) / INDEX_NAME} lists {len(missing)} shard(s) that are not there: {missing[:5]}; "
+            "copy them too, or rebuild the folder (build_shards / encode)"
+        )
+    for e in index["shards"]:
+        size = e.get("bytes")
+        if isinstance(size, int) and (Path(folder) / e["name"]).stat().st_size != size:
+            logger.warning(
+                "%s has %d bytes but index.json says %d (truncated or changed copy?): its unreadable part will "
+                "be skipped and counted as corrupt_shard",
+                Path(folder) / e["name"],
+                (Path(folder) / e["name"]).stat().st_size,
+                size,
+            )
     return [str(Path(folder) / shard["name"]) for shard in index["shards"]]
 
 

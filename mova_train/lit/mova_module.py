@@ -245,9 +245,6 @@ class MovaLitModule(LightningModule):
             self.log("train/tokens_per_s", self._interval_tokens / dt, **kw)
         self._last_time = now
         self._interval_samples = self._interval_tokens = 0
-        skipped = self._skipped(batch)
-        if skipped is not None:
-            self.log("train/skipped_samples", skipped, **kw)
         return out.loss
 
     def _detail_step(self) -> bool:
@@ -274,15 +271,6 @@ class MovaLitModule(LightningModule):
             self.log(
                 f"train/loss_t{k}", per[sel].mean(), on_step=True, on_epoch=False, batch_size=int(sel.sum())
             )
-
-    def _skipped(self, batch: dict[str, Any]) -> float | None:
-        if isinstance(batch, dict) and "skipped" in batch:
-            value = batch["skipped"]
-            return float(value.sum()) if isinstance(value, torch.Tensor) else float(value)
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "skip_stats"):
-            return float(dm.skip_stats().get("data/skipped", 0.0))
-        return None
 
     # ---------------------------------------------------------------------------------------- EMA
 

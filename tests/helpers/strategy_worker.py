@@ -44,7 +44,7 @@ class TinySamples(Dataset):
             "video_latents": torch.randn(4, 2, 4, 4, generator=g),
             "cond": cond,
             "audio_latents": torch.randn(8, 8, generator=g),
-            "text_embeds": torch.randn(8, 32, generator=g),
+            "context": torch.randn(8, 32, generator=g),
             "noise_v": torch.randn(4, 2, 4, 4, generator=g),
             "noise_a": torch.randn(8, 8, generator=g),
             "t": torch.rand((), generator=g) * 1000.0,

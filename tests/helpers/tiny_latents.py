@@ -28,7 +28,7 @@ def make_batch(
         "video_latents": torch.randn(batch, 4, frames, hw, hw, generator=g),
         "cond": cond,
         "audio_latents": torch.randn(batch, 8, audio_len, generator=g),
-        "text_embeds": torch.randn(batch, text_len, 32, generator=g),
+        "context": torch.randn(batch, text_len, 32, generator=g),
         "audio_mask": torch.ones(batch, dtype=torch.bool),
         # drawn last, so the other tensors are what they were before t2av existed
         "empty_latents": torch.randn(1, 4, frames, hw, hw, generator=g).expand(batch, -1, -1, -1, -1),

@@ -139,11 +139,11 @@ def test_cache_layout_and_index(cache_dir, encoders):
 
     tensors = load(latents)
     assert {k: v.dtype for k, v in tensors.items()} == dict.fromkeys(
-        ("video_latents", "cond_latents", "audio_latents", "text_embeds"), torch.bfloat16
+        ("video_latents", "cond_latents", "audio_latents", "context"), torch.bfloat16
     )
     assert tensors["video_latents"].shape == (4, 3, 6, 8) == tensors["cond_latents"].shape
     assert tensors["audio_latents"].shape[0] == 8
-    assert tensors["text_embeds"].shape == (record["n_tokens"], 32)
+    assert tensors["context"].shape == (record["n_tokens"], 32)
     assert 0 < record["n_tokens"] < TEXT_LEN, "text states must be trimmed to the real token count"
 
 
@@ -175,8 +175,8 @@ def test_acceptance_cached_equals_raw_plus_encoders(raw_dir, cache_dir, encoders
     seen = set()
     for batch in cached_dm.val_dataloader():
         batch = cached_dm.finalize_batch(batch, consumed=False)
-        assert set(batch) >= {"video_latents", "cond", "audio_latents", "text_embeds", "text_lens"}
-        assert batch["text_embeds"].shape[1:] == (TEXT_LEN, 32)
+        assert set(batch) >= {"video_latents", "cond", "audio_latents", "context", "text_lens"}
+        assert batch["context"].shape[1:] == (TEXT_LEN, 32)
         for i, key in enumerate(batch["key"]):
             want = expected[key]
             bf16 = torch.bfloat16
@@ -184,7 +184,7 @@ def test_acceptance_cached_equals_raw_plus_encoders(raw_dir, cache_dir, encoders
             assert torch.equal(batch["video_latents"][i], want["video_latents"].to(bf16).float())
             assert torch.equal(batch["cond"][i].to(bf16), want["cond"].to(bf16)), key
             assert torch.equal(batch["audio_latents"][i].to(bf16), want["audio_latents"].to(bf16)), key
-            assert torch.equal(batch["text_embeds"][i].to(bf16), want["context"].to(bf16)), key
+            assert torch.equal(batch["context"][i].to(bf16), want["context"].to(bf16)), key
             assert int(batch["text_lens"][i]) == want["n_tokens"]
             assert batch["caption"][i] == want["caption"] and bool(batch["audio_mask"][i])
             seen.add(key)
@@ -205,7 +205,7 @@ got = {{}}
 for batch in dm.val_dataloader():
     batch = dm.finalize_batch(batch, consumed=False)
     for i, key in enumerate(batch["key"]):
-        got[key] = {{n: batch[n][i] for n in ("video_latents", "cond", "audio_latents", "text_embeds")}}
+        got[key] = {{n: batch[n][i] for n in ("video_latents", "cond", "audio_latents", "context")}}
         got[key]["text_lens"] = int(batch["text_lens"][i])
 index = json.load(open({str(cache_dir / "index.json")!r}))
 n = 0
@@ -217,7 +217,7 @@ for shard in index["shards"]:
             key = name.split(".")[0]
             want = read_cached_sample(m[name], m[key + ".json"], text_len={TEXT_LEN})
             want["cond"] = cond_with_mask(want.pop("cond_latents"))
-            for t in ("video_latents", "cond", "audio_latents", "text_embeds"):
+            for t in ("video_latents", "cond", "audio_latents", "context"):
                 assert torch.equal(got[key][t], want[t].float()), (key, t)
             assert got[key]["text_lens"] == want["text_lens"]
             n += 1
@@ -347,7 +347,7 @@ def test_checkpoint_folder_path(raw_dir, encoders, tmp_path):
     got, want = read_cache(out), read_cache(tmp_path / "ref")
     for key in want:
         a, b = read_cached_sample(got[key][0]), read_cached_sample(want[key][0])
-        for name in ("video_latents", "cond_latents", "audio_latents", "text_embeds"):
+        for name in ("video_latents", "cond_latents", "audio_latents", "context"):
             assert torch.equal(a[name], b[name]), (key, name)
 
     # editing a weight file of one component changes only that component's hash

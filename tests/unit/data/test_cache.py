@@ -10,7 +10,9 @@ from safetensors.torch import save, save_file
 
 from mova_train.data.cache import (
     CACHE_KIND,
+    CACHE_VERSION,
     CacheSettings,
+    CorruptCacheError,
     StaleCacheError,
     cache_fingerprint,
     caption_hash,
@@ -18,6 +20,7 @@ from mova_train.data.cache import (
     component_hash,
     cond_with_mask,
     fingerprint_inputs,
+    latents_checksum,
     pad_text,
     read_cached_sample,
 )
@@ -28,7 +31,7 @@ HASHES = {"video_vae": "a" * 32, "audio_vae": "b" * 32, "text_encoder": "c" * 32
 
 def write_index(folder, settings=SETTINGS, hashes=HASHES):
     index = {
-        "version": 1,
+        "version": CACHE_VERSION,
         "kind": CACHE_KIND,
         "fingerprint": cache_fingerprint(hashes, settings),
         "inputs": fingerprint_inputs(hashes, settings),
@@ -113,21 +116,56 @@ def test_read_cached_sample():
         "video_latents": torch.randn(4, 2, 3, 3).bfloat16(),
         "cond_latents": torch.randn(4, 2, 3, 3).bfloat16(),
         "audio_latents": torch.randn(8, 5).bfloat16(),
-        "text_embeds": torch.randn(3, 6).bfloat16(),
+        "context": torch.randn(3, 6).bfloat16(),
     }
     record = {
         "caption": "a cat",
         "caption_sha256": caption_hash("a cat"),
         "fingerprint": "x",
         "audio_mask": False,
+        "latents_sha256": latents_checksum(save(tensors)),
     }
     out = read_cached_sample(
         save(tensors), json.dumps(record).encode(), text_len=5, caption="a cat", fingerprint="x"
     )
-    assert out["text_embeds"].shape == (5, 6) and out["text_lens"] == 3 and out["audio_mask"] is False
+    assert out["context"].shape == (5, 6) and out["text_lens"] == 3 and out["audio_mask"] is False
     assert torch.equal(out["video_latents"], tensors["video_latents"])
-    assert read_cached_sample(save(tensors))["text_embeds"].shape == (3, 6)
+    assert read_cached_sample(save(tensors))["context"].shape == (3, 6)
     with pytest.raises(StaleCacheError, match="caption"):
         read_cached_sample(save(tensors), record, caption="a dog")
     with pytest.raises(KeyError, match="cond_latents"):
         read_cached_sample(save({k: v for k, v in tensors.items() if k != "cond_latents"}))
+
+
+def test_corrupt_cached_tensors_are_refused_never_read(tmp_path):
+    """Issue 14.2/14.10: one flipped byte in a cached tensor must not reach training (it gave 1.5e31 values)."""
+    tensors = {
+        "video_latents": torch.randn(4, 2, 3, 3).bfloat16(),
+        "cond_latents": torch.randn(4, 2, 3, 3).bfloat16(),
+        "audio_latents": torch.randn(8, 5).bfloat16(),
+        "context": torch.randn(3, 6).bfloat16(),
+    }
+    good = save(tensors)
+    record = {"caption": "", "latents_sha256": latents_checksum(good)}
+    assert read_cached_sample(good, record)["context"].shape == (3, 6)
+    flipped = bytearray(good)
+    flipped[-7] ^= 0x40  # inside the last tensor's payload: safetensors itself would read it happily
+    assert read_cached_sample(bytes(flipped))["context"].shape == (3, 6)
+    with pytest.raises(CorruptCacheError, match="does not match its checksum"):
+        read_cached_sample(bytes(flipped), record)
+    with pytest.raises(CorruptCacheError, match="no latents_sha256"):
+        read_cached_sample(good, {"caption": ""})
+    bad = save({**tensors, "audio_latents": torch.full((8, 5), float("nan")).bfloat16()})
+    with pytest.raises(CorruptCacheError, match="non-finite"):
+        read_cached_sample(bad, {"latents_sha256": latents_checksum(bad)})
+    truncated = good[: len(good) // 2]
+    with pytest.raises(CorruptCacheError, match="cannot be read"):
+        read_cached_sample(truncated, {"latents_sha256": latents_checksum(truncated)})
+
+
+def test_old_cache_format_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "index.json").write_text(
+        json.dumps({"version": 1, "kind": "mova_latent_cache", "shards": []})
+    )
+    with pytest.raises(StaleCacheError, match="format version 1.*re-run"):
+        check_cache(tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.shards import encode_safetensors, write_tar
 
-from mova_train.data.cache import cond_with_mask
+from mova_train.data.cache import cond_with_mask, latents_checksum
 from mova_train.data.datamodule import MovaDataModule
 from mova_train.data.pipeline import (
     STREAM_KEY,
@@ -181,23 +181,25 @@ def test_cached_mode_reads_latents_without_decoding(tmp_path):
             "video_latents": torch.randn(4, 2, 2, 3).bfloat16(),
             "cond_latents": torch.randn(4, 2, 2, 3).bfloat16(),
             "audio_latents": torch.randn(8, 11).bfloat16(),
-            "text_embeds": torch.randn(3 + i, 6).bfloat16(),
+            "context": torch.randn(3 + i, 6).bfloat16(),
         }
         expected.append(t)
+        latents = encode_safetensors(t)
         record = {"caption": f"c{i}", "has_audio": i != 1, "height": 16, "width": 24, "num_frames": 5}
-        samples.append({"__key__": f"k{i}", "latents.safetensors": encode_safetensors(t), "json": record})
+        record["latents_sha256"] = latents_checksum(latents)
+        samples.append({"__key__": f"k{i}", "latents.safetensors": latents, "json": record})
     write_tar(tmp_path / "cache-000000.tar", samples)
     cfg = StreamConfig(shards=[str(tmp_path / "cache-000000.tar")], mode="cached", batch_size=3, text_len=8)
     (batch,) = list(ValStream(cfg))
     assert batch["key"] == ["k0", "k1", "k2"] and batch["caption"] == ["c0", "c1", "c2"]
     assert batch["video_latents"].shape == (3, 4, 2, 2, 3) and batch["audio_latents"].shape == (3, 8, 11)
-    assert batch["text_embeds"].shape == (3, 8, 6)
+    assert batch["context"].shape == (3, 8, 6)
     assert batch["text_lens"].tolist() == [3, 4, 5] and batch["audio_mask"].tolist() == [True, False, True]
     for i, t in enumerate(expected):
         assert torch.equal(batch["video_latents"][i], t["video_latents"].float())
         assert torch.equal(batch["cond"][i], cond_with_mask(t["cond_latents"].float()))
-        assert torch.equal(batch["text_embeds"][i, : 3 + i], t["text_embeds"].float())
-        assert not batch["text_embeds"][i, 3 + i :].any()
+        assert torch.equal(batch["context"][i, : 3 + i], t["context"].float())
+        assert not batch["context"][i, 3 + i :].any()
     assert "video" not in batch
 
 

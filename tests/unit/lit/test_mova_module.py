@@ -109,27 +109,6 @@ def test_metrics_ema_and_accumulation(tmp_path):
     assert not torch.equal(params[name].float(), ema)
 
 
-def test_skipped_samples_logged_from_batch(tmp_path):
-    class SkipDM(TinyDataModule):
-        def on_after_batch_transfer(self, batch, dataloader_idx):
-            batch = super().on_after_batch_transfer(batch, dataloader_idx)
-            batch["skipped"] = 3
-            return batch
-
-    mod = tiny_module(lora=LORA)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(mod, datamodule=SkipDM())
-    assert trainer.callback_metrics["train/skipped_samples"] == 3
-
-
 def test_missing_expert_and_bad_checkpoint_are_clear_errors():
     single = tiny_module(lora=LORA)
     single._model_factory = functools.partial(mova_tiny, experts=("video_dit",))
