@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 from mova_train.estimate.flops import TokenCounts, component_linears, component_params
 from mova_train.models.builders import MovaConfig
 
-__all__ = ["DTYPE_BYTES", "OPTIMIZER_BYTES", "STRATEGIES", "MemoryEstimate", "estimate_memory"]
+__all__ = [
+    "DTYPE_BYTES",
+    "OPTIMIZER_BYTES",
+    "STRATEGIES",
+    "MemoryEstimate",
+    "audio_cp_mode",
+    "block_saved_elements",
+    "bridge_saved_elements",
+    "estimate_memory",
+]
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1}
 OPTIMIZER_BYTES = {"adamw": 8, "adam": 8, "adamw8bit": 2, "adam8bit": 2, "pagedadamw8bit": 2, "sgd": 0}
@@ -98,8 +107,17 @@ def _unit_params(config: MovaConfig) -> dict[str, int]:
     }
 
 
-def _block_saved(d: int, f: int, trainable: set[str], full: bool) -> tuple[int, int]:
-    """Saved elements per token of one DiT block and its backward working set."""
+def block_saved_elements(d: int, f: int, trainable: set[str], full: bool) -> tuple[int, int]:
+    """Saved elements per token of one DiT block and its backward working set.
+
+    Args:
+        d: block width; f: FFN width.
+        trainable: trainable linears of the block (``"self_attn.q"``, ``"ffn.2"``, ...).
+        full: the whole block trains.
+
+    Returns:
+        ``(saved, working_set)`` in elements of the activation dtype per token.
+    """
     saved = 4 * d + 6 * d + f  # norm inputs, attention q/k/v/out (self) + q/out (cross), GELU input
     if full or trainable & {"self_attn.q", "self_attn.k", "self_attn.v"}:
         saved += d
@@ -115,6 +133,20 @@ def _block_saved(d: int, f: int, trainable: set[str], full: bool) -> tuple[int, 
     if full:
         saved += 4 * d  # modulation products and gate operands
     return saved, 4 * d + f
+
+
+def bridge_saved_elements(vd: int, ad: int, nv: float, na: float) -> float:
+    """Saved elements of one bridge layer (A2V + V2A) for ``nv`` video and ``na`` audio tokens."""
+    return nv * (6 * vd + 2 * vd + 3 * ad) + na * (6 * ad + 2 * vd + 3 * vd)
+
+
+def audio_cp_mode(config: MovaConfig, cp: int) -> str:
+    """How context parallelism ``cp`` treats the audio stream of ``config``: ``"shard"`` or ``"replicate"``."""
+    from mova_train.parallel.context_parallel import resolve_audio_mode
+
+    b = config.dual_tower_bridge
+    heads = (config.audio_dit.num_heads, b.audio_hidden_dim // b.head_dim, b.visual_hidden_dim // b.head_dim)
+    return resolve_audio_mode(cp, heads)
 
 
 def _trainable_names(config: MovaConfig, component: str, patterns: Sequence[str]) -> set[str]:
@@ -152,7 +184,9 @@ def estimate_memory(
         strategy: ``"single"``, ``"ddp"``, ``"fsdp2"`` or ``"offload"`` (block swap on one device).
         experts_loaded: video experts in the model (1 or 2); only one is active per step.
         dp: data-parallel (sharding) degree; divides weights/grads/optimizer under FSDP2.
-        cp: context-parallel degree; divides token activations.
+        cp: context-parallel degree; divides the video token activations, and the audio ones when cp divides
+            the audio-side head counts (otherwise the audio stream is replicated on every cp rank, see
+            :mod:`mova_train.parallel.context_parallel`).
         offload_blocks: swap units resident on the device under ``offload``.
         weight_dtype: storage dtype of the frozen weights (``bf16``, ``fp8``, ``fp32``).
         act_dtype: activation dtype.
@@ -228,21 +262,26 @@ def estimate_memory(
     est.device.append((f"optimizer state ({optimizer})", OPTIMIZER_BYTES[opt] * n_train / shard))
 
     # 3. Activations (token terms divided by cp).
-    nv, na = tokens.video * batch / cp, tokens.audio * batch / cp
     v, a, b = config.video_dit, config.audio_dit, config.dual_tower_bridge
+    audio_cp = cp if audio_cp_mode(config, cp) == "shard" else 1
+    if cp > 1 and audio_cp == 1:
+        est.notes.append(
+            f"context parallel {cp}: audio stream replicated on every cp rank (heads not divisible)"
+        )
+    nv, na = tokens.video * batch / cp, tokens.audio * batch / audio_cp
     pats = lora_targets or {}
     vpat = pats.get("video_dit") or pats.get("video_dit_2") or ()
-    v_saved, v_work = _block_saved(
+    v_saved, v_work = block_saved_elements(
         v.dim, v.ffn_dim, _trainable_names(config, "video_dit", vpat), "video_dit" in full
     )
-    a_saved, a_work = _block_saved(
+    a_saved, a_work = block_saved_elements(
         a.dim,
         a.ffn_dim,
         _trainable_names(config, "audio_dit", pats.get("audio_dit") or ()),
         "audio_dit" in full,
     )
     vd, ad = b.visual_hidden_dim, b.audio_hidden_dim
-    bridge_saved = nv * (6 * vd + 2 * vd + 3 * ad) + na * (6 * ad + 2 * vd + 3 * vd)
+    bridge_saved = bridge_saved_elements(vd, ad, nv, na)
     video_block = nv * (v_saved + v_work) * ab
     audio_block = na * (a_saved + a_work) * ab
     n_bridge = b.num_interaction_layers

@@ -17,7 +17,7 @@ from mova_train.estimate.flops import (
     token_counts,
     training_step_flops,
 )
-from mova_train.estimate.memory import GIB, MemoryEstimate, _weight_bytes, estimate_memory
+from mova_train.estimate.memory import GIB, MemoryEstimate, _weight_bytes, audio_cp_mode, estimate_memory
 from mova_train.models.builders import MovaConfig
 
 __all__ = ["Estimate", "estimate_run", "format_estimate"]
@@ -136,7 +136,11 @@ def estimate_run(
         batch=batch,
     )
     devices = cp if strategy == "fsdp2" or cp > 1 else 1
-    compute_s = train.total / (peak_tflops * 1e12 * mfu * devices)
+    # With replicated audio (cp not dividing its heads) every cp rank also runs the whole audio tower.
+    replicated = 0.0
+    if devices > 1 and audio_cp_mode(config, cp) == "replicate":
+        replicated = train.total * train.by_component["audio_dit"] / sum(train.by_component.values())
+    compute_s = ((train.total - replicated) / devices + replicated) / (peak_tflops * 1e12 * mfu)
     transfer_s = 0.0
     if strategy == "offload":
         # Active weights cross the bus in forward, recompute and backward; checkpoint inputs go out and back.

@@ -51,7 +51,8 @@ class MovaDualTower(nn.Module):
         self.dual_tower_bridge = dual_tower_bridge
         self.gradient_checkpointing = False
         # Context parallelism hook (``mova_train.parallel.apply_context_parallel``); None = whole sequences.
-        # Duck-typed: ``shard_stream(tokens, freqs)``, ``shard_bridge_rope(rope)``, ``gather(x, n)``.
+        # Duck-typed: ``shard_stream(tokens, freqs, stream)``, ``shard_bridge_rope(rope)``,
+        # ``gather(x, n, stream)`` with ``stream`` "video" or "audio" (a stream may stay whole on every rank).
         self.sequence_parallel = None
 
     @property
@@ -125,8 +126,8 @@ class MovaDualTower(nn.Module):
         sp, len_v, len_a = self.sequence_parallel, v.shape[1], a.shape[1]
         v_mask = a_mask = None
         if sp is not None:
-            v, v_freqs, v_mask = sp.shard_stream(v, v_freqs)
-            a, a_freqs, a_mask = sp.shard_stream(a, a_freqs)
+            v, v_freqs, v_mask = sp.shard_stream(v, v_freqs, "video")
+            a, a_freqs, a_mask = sp.shard_stream(a, a_freqs, "audio")
             rope = sp.shard_bridge_rope(rope)
         # 2. Interleaved blocks: bridge layer i, then video block i and audio block i.
         n_video, n_audio = len(vdit.blocks), len(adit.blocks)
@@ -140,7 +141,7 @@ class MovaDualTower(nn.Module):
         # 3. Heads (per token), then the whole sequences back on every context-parallel rank.
         v, a = vdit.head(v, v_emb), adit.head(a, a_emb)
         if sp is not None:
-            v, a = sp.gather(v, len_v), sp.gather(a, len_a)
+            v, a = sp.gather(v, len_v, "video"), sp.gather(a, len_a, "audio")
         video_velocity = vdit.unpatchify(v, grid)
         audio_velocity = adit.unpatchify(a)
         return video_velocity, audio_velocity

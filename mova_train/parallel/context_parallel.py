@@ -1,17 +1,27 @@
 """Context (sequence) parallelism for :class:`~mova_train.models.mova.MovaDualTower`, Ulysses style.
 
 Every rank of a context-parallel (cp) group holds the same batch. After patch embedding, each rank keeps
-one contiguous slice of ``ceil(N / cp)`` video tokens and of ``ceil(L / cp)`` audio tokens (the last slice is
-zero-padded), together with the matching slices of the RoPE tables. Each DiT self-attention and each bridge
-cross-attention exchanges q/k/v with an all-to-all so that every rank attends over the *whole* sequence with
-``H / cp`` heads, then exchanges the result back. Unlike upstream (spec §11.1), padded tokens are masked as
-keys, so the result equals the single-process result for any sequence length. The text cross-attention stays
-local (its keys, the text context, are replicated). After the heads the sequences are gathered again.
+one contiguous slice of ``ceil(N / cp)`` video tokens (the last slice is zero-padded), together with the
+matching slices of the RoPE tables. Each video self-attention exchanges q/k/v with an all-to-all so that every
+rank attends over the *whole* sequence with ``H / cp`` heads, then exchanges the result back. Unlike upstream
+(spec §11.1), padded tokens are masked as keys, so the result equals the single-process result for any
+sequence length. The text cross-attention stays local (its keys, the text context, are replicated). After the
+heads the sequences are gathered again.
+
+The audio stream (a few hundred tokens) is either sharded the same way (``audio="shard"``: needs cp to divide
+the audio tower's 12 heads, so cp 1, 2, 4 for the release) or **replicated** (``audio="replicate"``: every rank
+keeps all audio tokens and runs the audio tower itself; cp then only has to divide the 40 video heads, so cp 8
+works). With replicated audio the bridge needs no all-to-all: audio-to-video attention is local (each video
+query slice attends to all audio keys), and video-to-audio attention all-gathers the video keys and values
+(projected to the audio width, 1536) and attends locally with the padded keys masked. ``audio="auto"``
+(default) shards when cp divides every audio-side head count and replicates otherwise.
 
 Gradient convention: the gather's backward is a reduce-scatter with SUM over the cp group, so the gradient
-that reaches rank ``r``'s slice is the gradient of ``sum over cp ranks of the loss``. With the (identical) loss
-replicated on the cp ranks, *averaging* the parameter gradients over the cp group -- which FSDP2 / DDP do when
-they average over the flattened ``(dp, cp)`` world -- gives exactly the single-process gradient.
+that reaches rank ``r``'s slice is the gradient of ``sum over cp ranks of the loss``. A replicated stream
+follows the same convention: each rank's copy receives the gradient of its own loss copy plus, through the
+gathered keys, the summed gradient of every rank's use. With the (identical) loss replicated on the cp ranks,
+*averaging* the parameter gradients over the cp group -- which FSDP2 / DDP do when they average over the
+flattened ``(dp, cp)`` world -- gives exactly the single-process gradient, for both modes.
 
 This module uses plain ``torch.distributed`` (gloo, nccl or hccl); it never imports Lightning.
 """
@@ -32,19 +42,24 @@ from mova_train.models.bridge import ConditionalCrossAttention
 from mova_train.models.dit import SelfAttention
 
 __all__ = [
+    "AUDIO_MODES",
     "ContextParallel",
+    "GatheredKeysAttention",
+    "SequenceSharding",
     "UlyssesAttention",
     "allowed_cp_sizes",
     "apply_context_parallel",
     "build_cp_group",
     "check_head_divisibility",
     "gather_sequence",
+    "resolve_audio_mode",
     "shard_sequence",
 ]
 
 log = logging.getLogger(__name__)
 
 AttentionFn = Callable[..., torch.Tensor]
+AUDIO_MODES = ("auto", "shard", "replicate")
 
 
 class ContextParallel:
@@ -74,7 +89,6 @@ class ContextParallel:
         # A handle on a process group: copies of a model share it.
         return self
 
-    # -- hooks called by MovaDualTower.forward ---------------------------------------------------------
     def padding_mask(self, n: int, device: torch.device) -> torch.Tensor | None:
         """Bool ``[1, cp * ceil(n / cp)]`` mask of the real tokens of a gathered sequence, or None when
         there is no padding (or masking is off)."""
@@ -82,33 +96,6 @@ class ContextParallel:
         if n_pad == n or not self.mask_padding:
             return None
         return (torch.arange(n_pad, device=device) < n)[None]
-
-    def shard_stream(
-        self, tokens: torch.Tensor, freqs: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """This rank's slice of one token stream and of its tower RoPE table.
-
-        Args:
-            tokens: ``[B, N, D]`` embedded tokens (replicated on the cp ranks).
-            freqs: ``[N, d/2]`` complex RoPE factors.
-
-        Returns:
-            ``(tokens [B, n, D], freqs [n, d/2], key_padding_mask [1, cp*n] or None)`` with ``n = ceil(N/cp)``.
-        """
-        n = tokens.shape[1]
-        local, _ = shard_sequence(tokens, self, dim=1)
-        local_freqs, _ = shard_sequence(freqs, self, dim=0)
-        return local, local_freqs, self.padding_mask(n, tokens.device)
-
-    def shard_bridge_rope(self, rope: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
-        """Slice the bridge tables ``(video_cos, video_sin, audio_cos, audio_sin)``, each ``[1, N, d]``."""
-        if rope is None:
-            return None
-        return tuple(shard_sequence(t, self, dim=1)[0] for t in rope)
-
-    def gather(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """``[B, ceil(n/cp), C]`` slices -> the whole ``[B, n, C]`` sequence on every cp rank."""
-        return gather_sequence(x, self, n)
 
     # -- helpers for trainers ----------------------------------------------------------------------------
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -119,6 +106,66 @@ class ContextParallel:
         if self.size > 1:
             dist.broadcast(tensor, group=self.group, group_src=0)
         return tensor
+
+
+class SequenceSharding:
+    """The hooks :class:`MovaDualTower` calls in its forward (``model.sequence_parallel``).
+
+    Args:
+        cp: the context-parallel group.
+        replicated: streams (``"video"``, ``"audio"``) kept whole on every rank instead of sharded.
+    """
+
+    def __init__(self, cp: ContextParallel, replicated: frozenset[str] = frozenset()) -> None:
+        unknown = set(replicated) - {"video", "audio"}
+        if unknown:
+            raise ValueError(f"unknown stream(s) {sorted(unknown)}; expected 'video' and/or 'audio'")
+        self.cp = cp
+        self.replicated = frozenset(replicated)
+
+    def __repr__(self) -> str:
+        return f"SequenceSharding({self.cp!r}, replicated={sorted(self.replicated)})"
+
+    def __deepcopy__(self, memo: dict) -> SequenceSharding:
+        # Holds a process-group handle: copies of a model share it.
+        return self
+
+    def shard_stream(
+        self, tokens: torch.Tensor, freqs: torch.Tensor, stream: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This rank's slice of one token stream and of its tower RoPE table (all of it when replicated).
+
+        Args:
+            tokens: ``[B, N, D]`` embedded tokens (replicated on the cp ranks).
+            freqs: ``[N, d/2]`` complex RoPE factors.
+            stream: ``"video"`` or ``"audio"``.
+
+        Returns:
+            ``(tokens [B, n, D], freqs [n, d/2], key_padding_mask [1, cp*n] or None)`` with ``n = ceil(N/cp)``
+            (``n = N`` and no mask for a replicated stream).
+        """
+        if stream in self.replicated:
+            return tokens, freqs, None
+        n = tokens.shape[1]
+        local, _ = shard_sequence(tokens, self.cp, dim=1)
+        local_freqs, _ = shard_sequence(freqs, self.cp, dim=0)
+        return local, local_freqs, self.cp.padding_mask(n, tokens.device)
+
+    def shard_bridge_rope(self, rope: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+        """Slice the bridge tables ``(video_cos, video_sin, audio_cos, audio_sin)``, each ``[1, N, d]``."""
+        if rope is None:
+            return None
+        streams = ("video", "video", "audio", "audio")
+        return tuple(
+            t if s in self.replicated else shard_sequence(t, self.cp, dim=1)[0]
+            for t, s in zip(rope, streams, strict=True)
+        )
+
+    def gather(self, x: torch.Tensor, n: int, stream: str) -> torch.Tensor:
+        """``[B, ceil(n/cp), C]`` slices -> the whole ``[B, n, C]`` sequence on every cp rank."""
+        if stream in self.replicated:
+            return x[:, :n]
+        return gather_sequence(x, self.cp, n)
 
 
 def build_cp_group(mesh: Any, dim: str = "cp", mask_padding: bool = True) -> ContextParallel:
@@ -286,60 +333,167 @@ class UlyssesAttention:
         return _heads_to_seq(out, cp)
 
 
+class GatheredKeysAttention:
+    """Drop-in ``attention_core`` for replicated queries over sharded keys (video-to-audio, audio replicated).
+
+    ``q`` ``[B, Lq, H*d]`` is whole on every rank; ``k`` and ``v`` are this rank's slices ``[B, n_k, H*d]``.
+    They are all-gathered (backward: the summed gradient of every rank's use, see the module docstring) and
+    attention runs locally over the gathered keys, with ``key_padding_mask`` covering them.
+
+    Args:
+        cp: the context-parallel group.
+        inner: exact attention.
+    """
+
+    def __init__(self, cp: ContextParallel, inner: AttentionFn = attention) -> None:
+        self.cp = cp
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"GatheredKeysAttention({self.cp!r})"
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_heads: int,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Returns ``[B, Lq, H*d]``, identical on every cp rank."""
+        if self.cp.size == 1:
+            return self.inner(q, k, v, num_heads, key_padding_mask=key_padding_mask)
+        kv = _GatherSequence.apply(torch.stack([k, v], dim=2), self.cp)  # [B, cp*n_k, 2, H*d]
+        k_all, v_all = kv.unbind(2)
+        if key_padding_mask is not None and key_padding_mask.shape[-1] != k_all.shape[1]:
+            raise ValueError(
+                f"key_padding_mask covers {key_padding_mask.shape[-1]} keys but the gathered key sequence has "
+                f"{k_all.shape[1]} (= cp {self.cp.size} x {k.shape[1]} local keys)"
+            )
+        return self.inner(q, k_all, v_all, num_heads, key_padding_mask=key_padding_mask)
+
+
 # -- model wiring ----------------------------------------------------------------------------------------
-def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Self-attentions of the towers and bridge conditioners: the attentions over token sequences."""
+_ROLES = {
+    # attention module role -> (query stream, key stream)
+    "video_self": ("video", "video"),
+    "audio_self": ("audio", "audio"),
+    "audio_to_video": ("video", "audio"),
+    "video_to_audio": ("audio", "video"),
+}
+
+
+def _role(name: str, module: nn.Module) -> str:
+    """Which streams an attention module reads, from its place in the ``MovaDualTower``."""
+    if isinstance(module, ConditionalCrossAttention):
+        if "video_to_audio_conditioners" in name:
+            return "video_to_audio"
+        return "audio_to_video"
+    return "audio_self" if name.split(".", 1)[0] == "audio_dit" else "video_self"
+
+
+def _attention_modules(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """``(name, role, module)`` of the towers' self-attentions and the bridge conditioners."""
     return [
-        (n, m) for n, m in model.named_modules() if isinstance(m, SelfAttention | ConditionalCrossAttention)
+        (n, _role(n, m), m)
+        for n, m in model.named_modules()
+        if isinstance(m, SelfAttention | ConditionalCrossAttention)
     ]
 
 
-def allowed_cp_sizes(model: nn.Module) -> list[int]:
-    """Context-parallel sizes that divide every sharded attention's head count (release: ``[1, 2, 4]``)."""
-    g = 0
-    for _, module in _attention_modules(model):
-        g = math.gcd(g, module.num_heads)
-    return [c for c in range(1, g + 1) if g % c == 0]
+def resolve_audio_mode(cp_size: int, audio_side_heads: Sequence[int], audio: str = "auto") -> str:
+    """``"shard"`` or ``"replicate"`` for the audio stream.
+
+    Args:
+        cp_size: the context-parallel size.
+        audio_side_heads: head counts of every attention that reads audio tokens (the audio self-attention
+            and both bridge directions).
+        audio: ``"auto"`` (shard when ``cp_size`` divides every one of them), ``"shard"`` or ``"replicate"``.
+    """
+    if audio not in AUDIO_MODES:
+        raise ValueError(f"context parallel audio mode {audio!r} unknown; choose one of {AUDIO_MODES}")
+    if audio != "auto":
+        return audio
+    return "shard" if all(h % cp_size == 0 for h in audio_side_heads) else "replicate"
 
 
-def check_head_divisibility(model: nn.Module, cp_size: int) -> None:
-    """Raise a ValueError naming the first attention whose head count ``cp_size`` does not divide.
+def _audio_mode(model: nn.Module, cp_size: int, audio: str) -> str:
+    heads = [m.num_heads for _, role, m in _attention_modules(model) if "audio" in _ROLES[role]]
+    return resolve_audio_mode(cp_size, heads, audio)
+
+
+def _sharded_modules(model: nn.Module, audio_mode: str) -> list[tuple[str, nn.Module]]:
+    """Attentions that run Ulysses (both streams sharded), whose heads cp must divide."""
+    return [
+        (n, m) for n, role, m in _attention_modules(model) if role == "video_self" or audio_mode == "shard"
+    ]
+
+
+def allowed_cp_sizes(model: nn.Module, audio: str = "auto") -> list[int]:
+    """Context-parallel sizes this model accepts (release: ``[1, 2, 4, 5, 8, 10, 20, 40]`` with ``auto``,
+    ``[1, 2, 4]`` with ``audio="shard"``)."""
+    out = []
+    video = max(m.num_heads for _, role, m in _attention_modules(model) if role == "video_self")
+    for c in range(1, video + 1):
+        modules = _sharded_modules(model, _audio_mode(model, c, audio))
+        if all(m.num_heads % c == 0 for _, m in modules):
+            out.append(c)
+    return out
+
+
+def check_head_divisibility(model: nn.Module, cp_size: int, audio: str = "auto") -> None:
+    """Raise a ValueError naming the first sharded attention whose head count ``cp_size`` does not divide.
 
     Args:
         model: a :class:`MovaDualTower` (or any module holding the towers' / bridge's attentions).
         cp_size: the context-parallel size.
+        audio: the audio mode (see :func:`resolve_audio_mode`).
     """
     if cp_size < 1:
         raise ValueError(f"context-parallel size must be >= 1, got {cp_size}")
-    for name, module in _attention_modules(model):
+    for name, module in _sharded_modules(model, _audio_mode(model, cp_size, audio)):
         if module.num_heads % cp_size:
             raise ValueError(
                 f"context-parallel size {cp_size} does not divide the {module.num_heads} heads of {name!r}; "
-                f"allowed cp sizes for this model: {allowed_cp_sizes(model)} (set the cp mesh dimension to one "
-                "of them; for more ranks add data parallelism)"
+                f"allowed cp sizes for this model: {allowed_cp_sizes(model, audio)} (set the cp mesh dimension "
+                "to one of them; for more ranks add data parallelism)"
             )
 
 
-def apply_context_parallel(model: nn.Module, cp: ContextParallel) -> nn.Module:
+def apply_context_parallel(model: nn.Module, cp: ContextParallel, audio: str = "auto") -> nn.Module:
     """Make ``model`` (a :class:`MovaDualTower`) run context-parallel over ``cp``; returns it (in place).
 
-    Installs :class:`UlyssesAttention` as the ``attention_core`` of every tower self-attention (both video
-    experts and audio) and every bridge conditioner, and sets ``model.sequence_parallel`` so that the forward
-    shards the tokens and RoPE tables after embedding and gathers after the heads. Afterwards only
-    ``model.forward`` is valid (calling a tower's own ``forward`` would feed whole sequences to the sharded
-    cores). Can be applied before or after FSDP2 ``fully_shard``.
+    Installs the attention cores (:class:`UlyssesAttention` where both streams are sharded; with replicated
+    audio the plain local attention for the audio self-attention and audio-to-video attention, and
+    :class:`GatheredKeysAttention` for video-to-audio) and sets ``model.sequence_parallel`` to a
+    :class:`SequenceSharding`, so that the forward shards the tokens and RoPE tables after embedding and
+    gathers after the heads. Afterwards only ``model.forward`` is valid (calling a tower's own ``forward``
+    would feed whole sequences to the sharded cores). Can be applied before or after FSDP2 ``fully_shard``.
+
+    Args:
+        model: the dual tower.
+        cp: the context-parallel group.
+        audio: ``"auto"``, ``"shard"`` or ``"replicate"`` (see the module docstring).
 
     Raises:
-        ValueError: if ``cp.size`` does not divide every head count, or ``model`` has no
+        ValueError: if ``cp.size`` does not divide a sharded attention's head count, or ``model`` has no
             ``sequence_parallel`` hook.
     """
     if not hasattr(model, "sequence_parallel"):
         raise ValueError(f"{type(model).__name__} has no sequence_parallel hook; apply to a MovaDualTower")
-    check_head_divisibility(model, cp.size)
-    core = UlyssesAttention(cp)
+    check_head_divisibility(model, cp.size, audio)
+    mode = _audio_mode(model, cp.size, audio)
+    ulysses, gathered = UlyssesAttention(cp), GatheredKeysAttention(cp)
     modules = _attention_modules(model)
-    for _, module in modules:
-        module.attention_core = core
-    model.sequence_parallel = cp
-    log.info("context parallel: %s over %d attention modules", cp, len(modules))
+    for _, role, module in modules:
+        if mode == "shard" or role == "video_self":
+            module.attention_core = ulysses
+        elif role == "video_to_audio":
+            module.attention_core = gathered
+        else:  # audio self-attention and audio-to-video: all keys are local
+            module.attention_core = attention
+    model.sequence_parallel = SequenceSharding(
+        cp, frozenset({"audio"}) if mode == "replicate" else frozenset()
+    )
+    log.info("context parallel: %s, audio %sd, over %d attention modules", cp, mode, len(modules))
     return model

@@ -66,3 +66,23 @@ def test_estimate_run_and_format():
     assert est.params_trainable == 40 * 16 * (5120 + 5120)
     text = format_estimate(est, "release 360p")
     assert "43,120" in text and "GiB" in text and "PFLOP" in text
+
+
+def test_cp8_replicates_audio_and_divides_video():
+    cfg = release_config()
+    kw = dict(experts_loaded=1, strategy="fsdp2", dp=8, trainable_params=10_000_000)
+    cp4 = estimate_memory(cfg, TOK, cp=4, **kw)
+    cp8 = estimate_memory(cfg, TOK, cp=8, **kw)
+    one = estimate_memory(cfg, TOK, cp=1, **kw)
+    video, audio = TOK.video * cfg.video_dit.dim * 2, TOK.audio * cfg.audio_dit.dim * 2
+    n_units = cfg.video_dit.num_layers + cfg.audio_dit.num_layers + cfg.dual_tower_bridge.num_interaction_layers
+    # Checkpoint inputs: video tokens / cp; audio tokens / cp at cp 4 but whole (replicated) at cp 8.
+    assert cp4.get("checkpoint inputs") == pytest.approx(n_units * (video + audio) / 4)
+    assert cp8.get("checkpoint inputs") == pytest.approx(n_units * (video / 8 + audio))
+    assert cp8.device_total < cp4.device_total < one.device_total
+    assert any("replicated" in n for n in cp8.notes) and not any("replicated" in n for n in cp4.notes)
+    est4 = estimate_run(cfg, experts=("video_dit",), lora_rank=16, strategy="fsdp2", dp=8, cp=4)
+    est8 = estimate_run(cfg, experts=("video_dit",), lora_rank=16, strategy="fsdp2", dp=8, cp=8)
+    assert est8.devices_per_replica == 8
+    # The replicated audio tower (about 1 % of the FLOPs at 360p) keeps cp 8 from halving cp 4's time exactly.
+    assert est4.step_time_s / 2 < est8.step_time_s < est4.step_time_s / 2 * 1.05

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -12,11 +13,13 @@ import torch.distributed as dist
 from mova_train.models import mova_tiny
 from mova_train.parallel import (
     ContextParallel,
+    SequenceSharding,
     allowed_cp_sizes,
     apply_context_parallel,
     build_cp_group,
     check_head_divisibility,
     gather_sequence,
+    resolve_audio_mode,
     shard_sequence,
 )
 
@@ -48,6 +51,23 @@ def test_shard_sequence_complex_rope_table_on_dim0():
     assert last[6].abs().max() == 0
 
 
+def test_replicated_stream_is_neither_sharded_nor_gathered():
+    cp = _fake_cp(1, 4)
+    cp.padding_mask = lambda n, device: ContextParallel.padding_mask(cp, n, device)
+    sharding = SequenceSharding(cp, frozenset({"audio"}))
+    a, freqs = torch.randn(2, 13, 3), torch.randn(13, 4)
+    local, local_freqs, mask = sharding.shard_stream(a, freqs, "audio")
+    assert local is a and local_freqs is freqs and mask is None
+    v_local, _, v_mask = sharding.shard_stream(torch.randn(2, 27, 3), torch.randn(27, 4), "video")
+    assert v_local.shape == (2, 7, 3) and v_mask.shape == (1, 28) and not v_mask[0, 27]
+    rope = tuple(torch.randn(1, n, 8) for n in (27, 27, 13, 13))
+    vcos, _, acos, _ = sharding.shard_bridge_rope(rope)
+    assert vcos.shape == (1, 7, 8) and acos is rope[2]
+    torch.testing.assert_close(sharding.gather(a, 13, "audio"), a)
+    with pytest.raises(ValueError, match="unknown stream"):
+        SequenceSharding(_fake_cp(0, 2), frozenset({"text"}))
+
+
 def test_padding_mask_marks_only_padded_keys():
     mask = ContextParallel.padding_mask(_fake_cp(0, 2), 13, torch.device("cpu"))
     assert mask.shape == (1, 14) and mask.dtype == torch.bool
@@ -69,18 +89,32 @@ def release_heads_model():
 
 def test_allowed_cp_sizes_for_release_head_counts(release_heads_model):
     assert release_heads_model.video_dit.num_heads == 40 and release_heads_model.audio_dit.num_heads == 12
-    assert allowed_cp_sizes(release_heads_model) == [1, 2, 4]
-    for size in (1, 2, 4):
+    # Audio replicated when cp does not divide its 12 heads: cp only has to divide the 40 video heads.
+    assert allowed_cp_sizes(release_heads_model) == [1, 2, 4, 5, 8, 10, 20, 40]
+    assert allowed_cp_sizes(release_heads_model, audio="shard") == [1, 2, 4]
+    for size in (1, 2, 4, 8):
         check_head_divisibility(release_heads_model, size)
+
+
+def test_audio_mode_resolution():
+    assert resolve_audio_mode(4, [12, 12, 40]) == "shard"
+    assert resolve_audio_mode(8, [12, 12, 40]) == "replicate"
+    assert resolve_audio_mode(4, [12], "replicate") == "replicate"
+    with pytest.raises(ValueError, match="audio mode 'split' unknown"):
+        resolve_audio_mode(2, [12], "split")
 
 
 @pytest.mark.parametrize(
-    "size, module",
-    [(3, "video_dit.blocks.0.self_attn"), (8, "audio_dit.blocks.0.self_attn"), (5, "audio_dit")],
+    "size, audio, module, allowed",
+    [
+        (3, "auto", "video_dit.blocks.0.self_attn", "[1, 2, 4, 5, 8, 10, 20, 40]"),
+        (8, "shard", "audio_dit.blocks.0.self_attn", "[1, 2, 4]"),
+        (5, "shard", "audio_dit", "[1, 2, 4]"),
+    ],
 )
-def test_head_check_names_module_and_allowed_sizes(release_heads_model, size, module):
-    with pytest.raises(ValueError, match=r"allowed cp sizes for this model: \[1, 2, 4\]") as err:
-        check_head_divisibility(release_heads_model, size)
+def test_head_check_names_module_and_allowed_sizes(release_heads_model, size, audio, module, allowed):
+    with pytest.raises(ValueError, match=re.escape(f"allowed cp sizes for this model: {allowed}")) as err:
+        check_head_divisibility(release_heads_model, size, audio)
     assert f"context-parallel size {size} does not divide" in str(err.value)
     assert module in str(err.value)
 
@@ -108,7 +142,7 @@ def test_single_rank_context_parallel_is_identity(one_rank_group):
     assert cp.size == 1 and cp.rank == 0
     model = mova_tiny(experts=("video_dit",))
     cp_model = apply_context_parallel(copy.deepcopy(model), cp)
-    assert cp_model.sequence_parallel is cp
+    assert cp_model.sequence_parallel.cp is cp and not cp_model.sequence_parallel.replicated
     assert type(cp_model.audio_dit.blocks[0].self_attn.attention_core).__name__ == "UlyssesAttention"
     assert (
         cp_model.audio_dit.blocks[0].cross_attn.attention_core
