@@ -75,7 +75,9 @@ def test_cp8_replicates_audio_and_divides_video():
     cp8 = estimate_memory(cfg, TOK, cp=8, **kw)
     one = estimate_memory(cfg, TOK, cp=1, **kw)
     video, audio = TOK.video * cfg.video_dit.dim * 2, TOK.audio * cfg.audio_dit.dim * 2
-    n_units = cfg.video_dit.num_layers + cfg.audio_dit.num_layers + cfg.dual_tower_bridge.num_interaction_layers
+    n_units = (
+        cfg.video_dit.num_layers + cfg.audio_dit.num_layers + cfg.dual_tower_bridge.num_interaction_layers
+    )
     # Checkpoint inputs: video tokens / cp; audio tokens / cp at cp 4 but whole (replicated) at cp 8.
     assert cp4.get("checkpoint inputs") == pytest.approx(n_units * (video + audio) / 4)
     assert cp8.get("checkpoint inputs") == pytest.approx(n_units * (video / 8 + audio))
