@@ -5,6 +5,8 @@ come out as ``<output_dir>/<slug>-<sha8>-s<seed>.mp4`` with a ``.json`` sidecar 
 
     python -m mova_train.predict prompt="A red ball bounces on a wooden floor." sampling.steps=4
     python -m mova_train.predict +recipe=predict_tiny_cpu
+    python -m mova_train.predict prompt="A man speaks." audio=voice.wav first_frame=face.png   # a2v (lip sync)
+    python -m mova_train.predict prompt="Footsteps on gravel." video=walk.mp4                  # v2a (Foley)
     python -m mova_train.predict +recipe=predict_release_360p requests=prompts.jsonl \\
         'lora.adapters=[{path: outputs/run/lora.safetensors, strength: 0.8}]' lora.merge=true
     python -m mova_train.predict +recipe=predict_release_360p trainer.devices=8 strategy=ddp requests=...
@@ -42,6 +44,8 @@ def predict(cfg: DictConfig) -> list[Path]:
         requests=cfg.requests,
         prompt=cfg.prompt,
         first_frame=cfg.first_frame,
+        audio=cfg.get("audio"),
+        video=cfg.get("video"),
         sampling=sampling,
         batch_size=int(cfg.predict.batch_size),
     )

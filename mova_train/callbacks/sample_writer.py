@@ -41,6 +41,7 @@ def sidecar(
         "file": mp4.name,
         "request": req.to_dict(),
         "request_sha256": req.sha(),
+        "mode": req.mode,
         "settings": settings or {},
         "model_fingerprint": model_fingerprint,
         "lora": lora or [],

@@ -72,8 +72,11 @@ class PredictDataModule(LightningDataModule):
 
     Args:
         requests: Path of a requests file (see `mova_train.sampling.requests`).
-        prompt: A single prompt (used when ``requests`` is None); ``first_frame`` and ``seed`` may go with it.
-        first_frame: Image for the single prompt (None: T2AV with the white frame).
+        prompt: A single prompt (used when ``requests`` is None); ``first_frame``, ``audio``, ``video`` and
+            ``seed`` may go with it.
+        first_frame: Image for the single prompt (None: text-to-audio+video, see ``first_frame_mode``).
+        audio: Audio file to generate video for (a2v), for the single prompt.
+        video: Video file to generate audio for (v2a), for the single prompt.
         seed: Seed of the single prompt (default: ``sampling.seed``).
         sampling: Defaults for every request field (a `SamplingSettings` or a mapping).
         batch_size: Requests per predict step (requests with different settings are sub-batched).
@@ -86,6 +89,8 @@ class PredictDataModule(LightningDataModule):
         requests: str | Path | None = None,
         prompt: str | None = None,
         first_frame: str | None = None,
+        audio: str | None = None,
+        video: str | None = None,
         seed: int | None = None,
         sampling: SamplingSettings | dict[str, Any] | None = None,
         batch_size: int = 1,
@@ -100,6 +105,7 @@ class PredictDataModule(LightningDataModule):
         self.requests_path = requests
         self.prompt = prompt
         self.first_frame = first_frame
+        self.media = {"audio": audio, "video": video}
         self.seed = seed
         self.settings = (
             sampling if isinstance(sampling, SamplingSettings) else SamplingSettings.from_dict(sampling)
@@ -121,6 +127,7 @@ class PredictDataModule(LightningDataModule):
             entry: dict[str, Any] = {"prompt": self.prompt}
             if self.first_frame is not None:
                 entry["first_frame"] = str(self.first_frame)
+            entry.update({k: str(v) for k, v in self.media.items() if v is not None})
             if self.seed is not None:
                 entry["seed"] = int(self.seed)
             self.requests = [
@@ -164,7 +171,8 @@ class MovaPredictModule(LightningModule):
         batch_cfg: Positive and negative prompt in one forward.
         model_dtype: Denoiser input dtype (e.g. ``torch.bfloat16`` with bf16 weights).
         release_high_noise: ``"none"``, ``"offload"`` or ``"delete"`` (see `mova_train.sampling.generator`).
-        first_frame_mode: T2AV substitute for requests without an image (``"white"``).
+        first_frame_mode: Condition of requests without an image: ``"none"`` (no frame, what t2av training
+            teaches) or ``"white"`` (upstream's white frame, for the released model).
         decode: Decode to frames and audio (False: latents only).
         model_fingerprint: Identity of the base weights for the sidecars (default: computed from the model
             before any LoRA is loaded).
@@ -182,7 +190,7 @@ class MovaPredictModule(LightningModule):
         batch_cfg: bool = True,
         model_dtype: torch.dtype | None = None,
         release_high_noise: str = "none",
-        first_frame_mode: str = "white",
+        first_frame_mode: str = "none",
         decode: bool = True,
         model_fingerprint: str | None = None,
     ) -> None:

@@ -1,6 +1,13 @@
 """Requests in, decoded samples out: text encoding, per-request noise, first-frame conditioning, the sampler,
 and decoding (mova_spec.md §8).
 
+Modes (`Request.mode`): ``i2av`` conditions on the first frame; ``t2av`` on "no frame" (all mask channels 0 and
+the latent of an empty clip, what `objective.mode=t2av` trains) or, with ``first_frame_mode="white"``, on the
+pure white frame the released model expects; ``a2v`` encodes the request's audio with the DAC and holds it at
+t = 0 (the mp4 keeps that track, decoded at 48 kHz from the file); ``v2a`` encodes the request's video with the
+VAE, conditions on its first frame, holds it at t = 0 on the low-noise expert (the expert follows the video
+timestep) and the mp4 keeps those frames.
+
 Determinism: every request draws its own noise from ``torch.Generator("cpu").manual_seed(request.seed)`` (video
 noise ``[1, C, T', H/8, W/8]`` first, then audio noise ``[1, Ca, L]``, as upstream), so a sample depends only on
 its request, never on the other requests of its batch or on the number of ranks. Requests whose settings differ
@@ -28,7 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mova_train.sampling.preprocess import first_frame_tensor
+from mova_train.objectives.modes import no_frame_condition
+from mova_train.sampling.media import load_audio, load_video
+from mova_train.sampling.preprocess import FIRST_FRAME_MODES, first_frame_tensor
 from mova_train.sampling.requests import Request
 from mova_train.sampling.sampler import sample
 from mova_train.schedulers.flow_match import EulerStep, FlowMatchScheduler
@@ -40,6 +49,7 @@ __all__ = ["GeneratedSample", "MovaGenerator", "audio_num_samples", "generate", 
 HIGH_NOISE = "video_dit"
 LOW_NOISE = "video_dit_2"
 RELEASE_MODES = ("none", "offload", "delete")
+MP4_SAMPLE_RATE = 48000
 
 
 @dataclass
@@ -110,7 +120,8 @@ class MovaGenerator:
         batch_cfg: Positive and negative prompts in one forward (faster; equal up to ~1e-5).
         model_dtype: Cast the denoiser inputs to this dtype (e.g. bfloat16 for the release weights).
         release_high_noise: ``"none"``, ``"offload"`` or ``"delete"`` (see the module docstring).
-        first_frame_mode: T2AV substitute for requests without an image (``"white"``).
+        first_frame_mode: Condition of requests without an image: ``"none"`` (the no-frame condition of t2av
+            training) or ``"white"`` (upstream's white frame, for the released model, not trained for t2av).
         boundary_timestep: Expert switch (900).
         decode: Decode latents to frames and waveform (False returns latents only).
     """
@@ -126,12 +137,14 @@ class MovaGenerator:
         batch_cfg: bool = True,
         model_dtype: torch.dtype | None = None,
         release_high_noise: str = "none",
-        first_frame_mode: str = "white",
+        first_frame_mode: str = "none",
         boundary_timestep: float = 900.0,
         decode: bool = True,
     ) -> None:
         if release_high_noise not in RELEASE_MODES:
             raise ValueError(f"release_high_noise={release_high_noise!r}; use one of {RELEASE_MODES}")
+        if first_frame_mode not in FIRST_FRAME_MODES:
+            raise ValueError(f"first_frame_mode={first_frame_mode!r}; use one of {FIRST_FRAME_MODES}")
         self.denoiser = denoiser
         self.scheduler = scheduler
         self.video_vae = video_vae
@@ -154,8 +167,9 @@ class MovaGenerator:
         cfg = dataclasses.replace(self.scheduler.cfg, shift=float(shift))
         return FlowMatchScheduler(cfg, exact_euler_steps=self.scheduler.exact_euler_steps)
 
-    def _boundary(self) -> float:
-        """Expert switch for the experts actually loaded (one-expert models run that expert throughout)."""
+    def _boundary(self, video_held: bool = False) -> float:
+        """Expert switch for the experts actually loaded (one-expert models run that expert throughout); a held
+        (clean, t = 0) video runs the low-noise expert from the first step when it is loaded."""
         if self._deleted:
             raise ValueError(
                 "release_high_noise='delete' removed the high-noise expert after the first batch; use "
@@ -163,6 +177,8 @@ class MovaGenerator:
             )
         has_high = getattr(self.denoiser, HIGH_NOISE, None) is not None or self._offloaded_from is not None
         has_low = getattr(self.denoiser, LOW_NOISE, None) is not None
+        if has_low and video_held:
+            return float("inf")
         if has_high and has_low:
             return self.boundary_timestep
         if has_high:
@@ -200,6 +216,35 @@ class MovaGenerator:
                 torch.cuda.empty_cache()
 
         return callback
+
+    def _condition(self, reqs: list[Request], device: torch.device, vae_dtype: torch.dtype) -> torch.Tensor:
+        """``y [B, 4 + z, T', H', W']``: each request's first frame, or "no frame" / the white frame without one."""
+        vae, r0 = self.video_vae, reqs[0]
+        out = []
+        for r in reqs:
+            frame = first_frame_tensor(r.first_frame, r.width, r.height, self.first_frame_mode)
+            if frame is None:
+                out.append(no_frame_condition(vae.encode_empty(r0.num_frames, r0.height, r0.width)))
+            else:
+                out.append(vae.encode_first_frame_condition(frame[None].to(device, vae_dtype), r0.num_frames))
+        return torch.cat(out).to(device).float()
+
+    def _given_audio(
+        self, reqs: list[Request], device: torch.device
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(DAC latents [B, Ca, L] of each request's audio file, its waveforms [1, S48] at 48 kHz for the mp4)."""
+        dac, r0 = self.audio_vae, reqs[0]
+        rate = int(dac.sample_rate)
+        n_model = audio_num_samples(r0.num_frames, r0.fps, rate)
+        n_mp4 = audio_num_samples(r0.num_frames, r0.fps, MP4_SAMPLE_RATE)
+        latents, waves = [], []
+        for r in reqs:
+            wave = load_audio(r.audio, rate, n_model, r0.fps)
+            latents.append(dac.encode(wave[None].to(device, _param_dtype(dac))).float())
+            waves.append(
+                wave if rate == MP4_SAMPLE_RATE else load_audio(r.audio, MP4_SAMPLE_RATE, n_mp4, r0.fps)
+            )
+        return torch.cat(latents), waves
 
     # ------------------------------------------------------------------------------------------ generate
 
@@ -255,18 +300,31 @@ class MovaGenerator:
         noises = [request_noise(r, video_shape, audio_shape) for r in reqs]
         video_noise = torch.cat([n[0] for n in noises]).to(device)
         audio_noise = torch.cat([n[1] for n in noises]).to(device)
-        frames = torch.stack(
-            [first_frame_tensor(r.first_frame, r.width, r.height, self.first_frame_mode) for r in reqs]
-        )
         vae_dtype = _param_dtype(vae)
-        y = torch.cat(
-            [vae.encode_first_frame_condition(f[None].to(device, vae_dtype), r0.num_frames) for f in frames]
-        ).float()
+        given_frames = given_waves = video_given = audio_given = None
+        if r0.mode == "v2a":
+            given_frames = [load_video(r.video, r0.num_frames, r0.fps, r0.height, r0.width) for r in reqs]
+            pixels = [
+                (f.permute(1, 0, 2, 3)[None].float() / 127.5 - 1.0).to(device, vae_dtype)
+                for f in given_frames
+            ]
+            video_given = torch.cat([vae.encode(p) for p in pixels]).float()
+            y = torch.cat(
+                [vae.encode_first_frame_condition(p[:, :, 0], r0.num_frames) for p in pixels]
+            ).float()
+        else:
+            y = self._condition(reqs, device, vae_dtype)
+        if r0.mode == "a2v":
+            audio_given, given_waves = self._given_audio(reqs, device)
+            if audio_given.shape[1:] != audio_noise.shape[1:]:
+                raise ValueError(
+                    f"encoded audio {tuple(audio_given.shape[1:])} != expected {tuple(audio_noise.shape[1:])}"
+                )
         timings["condition"] = time.perf_counter() - t0
         # 3. Sampling.
         t0 = time.perf_counter()
         scheduler = self._scheduler_for(r0.shift)
-        boundary = self._boundary()
+        boundary = self._boundary(video_held=video_given is not None)
         steps = scheduler.euler_steps(r0.steps, boundary_timestep=boundary)
         result = sample(
             self.denoiser,
@@ -286,15 +344,21 @@ class MovaGenerator:
             guidance=r0.guidance,
             bridge_cfg_scale=r0.bridge_cfg_scale,
             model_dtype=self.model_dtype,
+            video_given=video_given,
+            audio_given=audio_given,
         )
         timings["sampling"] = time.perf_counter() - t0
         timings["seconds_per_step"] = timings["sampling"] / r0.steps
         # 4. Decoding (per sample: the VAE decode is the memory peak after sampling).
         videos: list[torch.Tensor | None] = [None] * len(reqs)
         audios: list[torch.Tensor | None] = [None] * len(reqs)
+        sample_rate = int(dac.sample_rate) if given_waves is None else MP4_SAMPLE_RATE
         if self.decode:
             t0 = time.perf_counter()
             for i in range(len(reqs)):
+                if given_frames is not None:  # v2a: the output keeps the given frames
+                    videos[i] = given_frames[i]
+                    continue
                 pixels = vae.decode(result.video_latents[i : i + 1].to(vae_dtype))[0]  # [3, F, H, W]
                 videos[i] = (
                     ((pixels.float() + 1.0) * 127.5)
@@ -308,6 +372,9 @@ class MovaGenerator:
             t0 = time.perf_counter()
             dac_dtype = _param_dtype(dac)
             for i in range(len(reqs)):
+                if given_waves is not None:  # a2v: the output keeps the given track
+                    audios[i] = given_waves[i]
+                    continue
                 wave = dac.decode(result.audio_latents[i : i + 1].to(dac_dtype))[0].float()  # [1, L * hop]
                 n_samples = audio_num_samples(r0.num_frames, r0.fps, dac.sample_rate)
                 audios[i] = wave[:, :n_samples].clamp(-1.0, 1.0).cpu()
@@ -320,7 +387,7 @@ class MovaGenerator:
                 request=r,
                 video=videos[i],
                 audio=audios[i],
-                sample_rate=int(dac.sample_rate),
+                sample_rate=sample_rate,
                 video_latents=result.video_latents[i].detach().float().cpu(),
                 audio_latents=result.audio_latents[i].detach().float().cpu(),
                 timings=dict(timings),

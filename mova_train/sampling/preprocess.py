@@ -3,11 +3,11 @@
 An image is centre-cropped to the target aspect ratio (integer box), resized to (W, H) with PIL's bicubic filter
 (the default of ``Image.resize``) and mapped to [-1, 1].
 
-Text-to-audio+video (no image): the released model has no unconditional path, so upstream feeds a **pure white
-frame** (workflow README; `first_frame_mode="white"`, the default here). Users report that about 40 % of such
-samples collapse to a flat colour (upstream issue #38), so treat T2AV as experimental. The alternative of zeroing the
-mask and condition latent ("no-condition") is out of the training distribution of the released weights and is
-not offered.
+Text-to-audio+video (no image): a model fine-tuned with `objective.mode` t2av (or a mix holding it) knows the
+"no frame" condition (all mask channels 0 and the latent of an empty clip; `first_frame_mode="none"`, the
+default, for which `first_frame_tensor` returns None). The released model has no unconditional path, so upstream
+feeds a **pure white frame** (workflow README; `first_frame_mode="white"`). Users report that about 40 % of such
+samples collapse to a flat colour (upstream issue #38).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = [
     "white_frame",
 ]
 
-FIRST_FRAME_MODES = ("white",)
+FIRST_FRAME_MODES = ("none", "white")
 
 
 def center_crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -93,20 +93,23 @@ def white_frame(width: int, height: int) -> torch.Tensor:
     return torch.ones(3, height, width)
 
 
-def first_frame_tensor(path: str | Path | None, width: int, height: int, mode: str = "white") -> torch.Tensor:
+def first_frame_tensor(
+    path: str | Path | None, width: int, height: int, mode: str = "none"
+) -> torch.Tensor | None:
     """The conditioning frame of one request: the image, or the T2AV substitute when ``path`` is None.
 
     Args:
         path: Image path or None.
         width: Target width.
         height: Target height.
-        mode: T2AV substitute; only ``"white"`` (see the module docstring).
+        mode: Without an image: ``"none"`` (no frame: returns None, the caller builds the no-frame condition)
+            or ``"white"`` (see the module docstring).
 
     Returns:
-        [3, H, W] float32 in [-1, 1].
+        [3, H, W] float32 in [-1, 1], or None for the no-frame condition.
     """
-    if path is not None:
-        return load_first_frame(path, width, height)
     if mode not in FIRST_FRAME_MODES:
         raise ValueError(f"first_frame_mode={mode!r}; supported: {FIRST_FRAME_MODES}")
-    return white_frame(width, height)
+    if path is not None:
+        return load_first_frame(path, width, height)
+    return white_frame(width, height) if mode == "white" else None

@@ -1,4 +1,4 @@
-"""Generation requests: one prompt (+ optional first frame) with its sampling settings.
+"""Generation requests: one prompt (+ optional first frame, given audio or given video) with its sampling settings.
 
 A requests file is JSONL (one JSON object per line; blank lines and lines starting with ``#`` are skipped) or
 YAML (a list of mappings, or a mapping with a ``requests:`` list). Each entry needs ``prompt``; every other
@@ -6,9 +6,14 @@ field falls back to a `SamplingSettings` object (the ``sampling`` block of ``con
 
     {"prompt": "A red ball bounces, with a click at each bounce.", "first_frame": "ball.png", "seed": 3}
     {"prompt": "Rain on a window.", "num_frames": 97, "steps": 25, "cfg_scale": 4.0}
+    {"prompt": "A woman speaks to the camera.", "audio": "voice.wav", "first_frame": "face.png"}
+    {"prompt": "Footsteps on gravel.", "video": "walk.mp4"}
 
-Relative ``first_frame`` paths are resolved against the requests file's folder. Errors name the file, the line
-(JSONL and YAML) and the field.
+The mode of a request follows from what it carries (`Request.mode`): ``video`` -> ``v2a`` (sound for the given
+frames), ``audio`` -> ``a2v`` (video for the given track, with or without a first frame), a first frame ->
+``i2av``, nothing -> ``t2av``. Relative ``first_frame``/``audio``/``video`` paths are resolved against the
+requests file's folder. Errors name the file, the line (JSONL and YAML) and the field, and absurd sizes, rates
+or lengths are refused here, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LIMITS",
     "Request",
     "RequestError",
     "SamplingSettings",
@@ -54,6 +60,8 @@ class SamplingSettings:
         shift: Sigma shift of the sampling grid; None uses the scheduler config (5 in the release).
         guidance: ``"text"`` (release) or ``"dual"`` (adds a bridge-off pass: 3 passes per step).
         bridge_cfg_scale: Cross-modal guidance scale (``"dual"`` only).
+        audio: Audio file (or a video file's audio track) to generate video for (a2v); kept in the output.
+        video: Video file to generate audio for (v2a); its frames are kept in the output.
     """
 
     negative_prompt: str = ""
@@ -69,6 +77,8 @@ class SamplingSettings:
     shift: float | None = None
     guidance: str = "text"
     bridge_cfg_scale: float = 0.0
+    audio: str | None = None
+    video: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingSettings:
@@ -105,12 +115,27 @@ class Request:
     shift: float | None
     guidance: str
     bridge_cfg_scale: float
+    audio: str | None = None
+    video: str | None = None
     id: str = field(default="", compare=False)
 
+    @property
+    def mode(self) -> str:
+        """``v2a`` (given video), ``a2v`` (given audio), ``i2av`` (first frame) or ``t2av`` (text only)."""
+        if self.video is not None:
+            return "v2a"
+        if self.audio is not None:
+            return "a2v"
+        return "i2av" if self.first_frame is not None else "t2av"
+
     def content(self) -> dict[str, Any]:
-        """Every field except ``id`` (what the hash covers)."""
+        """Every field except ``id`` (what the hash covers); absent media are left out, so requests without
+        media keep the ids they had before media existed."""
         d = dataclasses.asdict(self)
         d.pop("id")
+        for name in _MEDIA:
+            if d[name] is None:
+                d.pop(name)
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +160,7 @@ class Request:
             self.shift,
             self.guidance,
             self.bridge_cfg_scale,
+            self.mode,
         )
 
 
@@ -153,30 +179,69 @@ def _where(source: str, line: int | None) -> str:
     return f"{source}:{line}" if line is not None else source
 
 
+_MEDIA = ("audio", "video")
+_FILES = ("first_frame", *_MEDIA)
+
+LIMITS = {
+    "fps": (1.0, 240.0),
+    "num_frames": (1, 4097),
+    "height": (16, 4096),
+    "width": (16, 4096),
+    "steps": (1, 1000),
+    "seconds": 600.0,
+}
+"""Ranges a request must fit (checked before anything is allocated): a typo such as ``fps: 1e-9`` would
+otherwise ask for terabytes of audio latents."""
+
+
 def _check(req: Request, where: str, spatial_multiple: int, check_files: bool) -> None:
     def bad(name: str, why: str) -> RequestError:
         return RequestError(f"{where}: field {name!r}={getattr(req, name)!r} {why}")
 
     if not req.prompt.strip():
         raise bad("prompt", "must be a non-empty string")
-    if req.num_frames < 1 or (req.num_frames - 1) % 4:
+    for name in ("fps", "num_frames", "height", "width", "steps"):
+        low, high = LIMITS[name]
+        if not low <= getattr(req, name) <= high:
+            raise bad(name, f"is out of range; use a value in [{low:g}, {high:g}]")
+    if (req.num_frames - 1) % 4:
         raise bad("num_frames", "must be 4k + 1 (e.g. 17, 97, 193)")
     for name in ("height", "width"):
-        value = getattr(req, name)
-        if value < spatial_multiple or value % spatial_multiple:
+        if getattr(req, name) % spatial_multiple:
             raise bad(name, f"must be a positive multiple of {spatial_multiple} (e.g. 352x640, 720x1280)")
-    if req.fps <= 0:
-        raise bad("fps", "must be > 0")
-    if req.steps < 1:
-        raise bad("steps", "must be >= 1")
+    seconds = req.num_frames / req.fps
+    if seconds > LIMITS["seconds"]:
+        raise bad(
+            "num_frames",
+            f"at fps={req.fps:g} lasts {seconds:.0f} s, more than {LIMITS['seconds']:g} s; lower num_frames or "
+            "raise fps",
+        )
     if req.seed < 0:
         raise bad("seed", "must be >= 0")
     if req.shift is not None and req.shift <= 0:
         raise bad("shift", "must be > 0 (or null for the scheduler's value)")
     if req.guidance not in ("text", "dual"):
         raise bad("guidance", "must be 'text' or 'dual'")
-    if check_files and req.first_frame is not None and not Path(req.first_frame).is_file():
-        raise bad("first_frame", "is not a file (relative paths are resolved against the requests file)")
+    if req.audio is not None and req.video is not None:
+        raise bad(
+            "video", "cannot go with 'audio': give audio (generate video for it) or video (generate audio)"
+        )
+    if req.video is not None and req.first_frame is not None:
+        raise bad(
+            "first_frame", "cannot go with 'video' (the given video's first frame conditions the sample)"
+        )
+    if check_files:
+        for name in _FILES:
+            if getattr(req, name) is not None and not Path(getattr(req, name)).is_file():
+                raise bad(name, "is not a file (relative paths are resolved against the requests file)")
+        if req.audio is not None or req.video is not None:
+            from mova_train.sampling.media import check_media_length
+
+            name = "audio" if req.audio is not None else "video"
+            try:
+                check_media_length(getattr(req, name), name, seconds, req.fps)
+            except ValueError as err:
+                raise bad(name, str(err)) from err
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -194,6 +259,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "shift": (int, float, type(None)),
     "guidance": (str,),
     "bridge_cfg_scale": (int, float),
+    "audio": (str, type(None)),
+    "video": (str, type(None)),
 }
 
 
@@ -214,9 +281,9 @@ def make_request(
         defaults: Values for missing fields (default: `SamplingSettings()`).
         source: File name used in error messages.
         line: Line number used in error messages.
-        base_dir: Folder that relative ``first_frame`` paths are resolved against.
+        base_dir: Folder that relative ``first_frame``/``audio``/``video`` paths are resolved against.
         spatial_multiple: Height and width must be multiples of this (16 = VAE 8 x DiT patch 2).
-        check_files: Require ``first_frame`` to exist.
+        check_files: Require the files to exist (and media to cover the request's length).
 
     Returns:
         The resolved `Request` with its ``id``.
@@ -244,9 +311,10 @@ def make_request(
     for name in ("fps", "cfg_scale", "bridge_cfg_scale", "audio_cfg_scale", "shift"):
         if values[name] is not None:
             values[name] = float(values[name])
-    if values["first_frame"] is not None and base_dir is not None:
-        path = Path(values["first_frame"]).expanduser()
-        values["first_frame"] = str(path if path.is_absolute() else Path(base_dir) / path)
+    for name in _FILES:
+        if values[name] is not None:
+            path = Path(values[name]).expanduser()
+            values[name] = str(path if path.is_absolute() or base_dir is None else Path(base_dir) / path)
     req = Request(**values)
     _check(req, where, spatial_multiple, check_files)
     return dataclasses.replace(req, id=request_name(req))
@@ -295,7 +363,7 @@ def load_requests(
         path: The requests file.
         defaults: Values for fields an entry leaves out.
         spatial_multiple: Height/width multiple (16).
-        check_files: Require every ``first_frame`` to exist.
+        check_files: Require every ``first_frame``/``audio``/``video`` to exist.
 
     Returns:
         The requests, in file order.
@@ -308,7 +376,13 @@ def load_requests(
         raise RequestError(
             f"requests file {path} does not exist; pass requests=/path/to/requests.jsonl or prompt=..."
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(
+            f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}); save the "
+            "requests file as UTF-8"
+        ) from err
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         entries = _yaml_entries(path, text)

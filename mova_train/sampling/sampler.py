@@ -10,6 +10,11 @@ anything with the `MovaDualTower.forward` signature::
 Per step (see `FlowMatchScheduler.euler_steps`): the model sees the inference-grid timestep ``t_from`` (the
 same for video and audio) and runs the step's expert; the guided velocity is combined in float32 and the
 latents move by ``v * euler_factor``. Latents stay float32 throughout.
+
+Given streams (a2v / v2a): a stream passed as ``video_given`` / ``audio_given`` is held clean at t = 0 for every
+step (its latent never moves, its velocity is ignored), exactly as the objective trains those modes; the expert
+still follows the video timestep, so a given video runs the low-noise expert (pass the matching
+``boundary_timestep``).
 """
 
 from __future__ import annotations
@@ -129,9 +134,14 @@ def _forward(
     expert: str,
     use_bridge: bool,
     model_dtype: torch.dtype | None,
+    video_held: bool = False,
+    audio_held: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One denoiser evaluation; returns float32 velocities."""
-    timestep = torch.full((x.shape[0],), t_from, dtype=torch.float32, device=x.device)
+    """One denoiser evaluation (a held stream at t = 0); returns float32 velocities."""
+    timestep = torch.full((x.shape[0],), 0.0 if video_held else t_from, dtype=torch.float32, device=x.device)
+    audio_timestep = torch.full(
+        (x.shape[0],), 0.0 if audio_held else t_from, dtype=torch.float32, device=x.device
+    )
     if model_dtype is not None:
         x, y, a, context = (v.to(model_dtype) for v in (x, y, a, context))
     extra = {} if use_bridge else {"use_bridge": False}
@@ -141,7 +151,7 @@ def _forward(
         audio_latents=a,
         context=context,
         timestep=timestep,
-        audio_timestep=timestep,
+        audio_timestep=audio_timestep,
         video_fps=video_fps,
         expert=expert,
         **extra,
@@ -186,6 +196,8 @@ def sample(
     exact_euler_steps: bool | None = None,
     model_dtype: torch.dtype | None = None,
     return_trace: bool = False,
+    video_given: torch.Tensor | None = None,
+    audio_given: torch.Tensor | None = None,
 ) -> SampleResult:
     """Run the MOVA sampling loop from given noise.
 
@@ -222,11 +234,21 @@ def sample(
         model_dtype: Cast the model inputs (not the timesteps) to this dtype; outputs are cast back to
             float32.
         return_trace: Keep a per-step `StepTrace` (clones of every velocity and latent).
+        video_given: Clean video latents [B, C, T', H', W'] held at t = 0 (v2a); replaces ``video_noise``.
+        audio_given: Clean audio latents [B, Ca, L] held at t = 0 (a2v); replaces ``audio_noise``.
 
     Returns:
         `SampleResult` with the final float32 latents (and the trace when asked).
     """
     _check_inputs(video_noise, audio_noise, y, context_pos, context_neg)
+    for name, given, noise in (
+        ("video_given", video_given, video_noise),
+        ("audio_given", audio_given, audio_noise),
+    ):
+        if given is not None and given.shape != noise.shape:
+            raise ValueError(f"{name} shape {tuple(given.shape)} != noise shape {tuple(noise.shape)}")
+    if video_given is not None and audio_given is not None:
+        raise ValueError("video_given and audio_given together leave nothing to generate")
     if guidance not in ("text", "dual"):
         raise ValueError(f"guidance must be 'text' or 'dual', got {guidance!r}")
     audio_cfg_scale = cfg_scale if audio_cfg_scale is None else audio_cfg_scale
@@ -253,14 +275,18 @@ def sample(
         "sampling %d steps, cfg %.3g/%.3g, %s guidance, %d pass(es) per step", num_steps, cfg_scale,
         audio_cfg_scale, guidance, passes,
     )  # fmt: skip
-    x = video_noise.to(torch.float32).clone()
-    a = audio_noise.to(torch.float32).clone()
+    x = (video_noise if video_given is None else video_given).to(torch.float32).clone()
+    a = (audio_noise if audio_given is None else audio_given).to(torch.float32).clone()
+    video_held, audio_held = video_given is not None, audio_given is not None
     y_in = torch.cat([y, y]) if batched else y
     ctx_in = torch.cat([context_pos, context_neg]) if batched else context_pos
     trace: list[StepTrace] | None = [] if return_trace else None
 
     for step in steps:
-        common = dict(t_from=step.t_from, video_fps=video_fps, expert=step.expert, model_dtype=model_dtype)
+        common = dict(
+            t_from=step.t_from, video_fps=video_fps, expert=step.expert, model_dtype=model_dtype,
+            video_held=video_held, audio_held=audio_held,
+        )  # fmt: skip
         vneg = aneg = vnb = anb = None
         if batched:
             x2, a2 = torch.cat([x, x]), torch.cat([a, a])
@@ -275,8 +301,10 @@ def sample(
 
         v_video = _guide(vpos, vneg, vnb, cfg_scale, bridge_cfg_scale)
         v_audio = _guide(apos, aneg, anb, audio_cfg_scale, audio_bridge_cfg_scale)
-        x = x + v_video * step.euler_factor
-        a = a + v_audio * step.euler_factor
+        if not video_held:
+            x = x + v_video * step.euler_factor
+        if not audio_held:
+            a = a + v_audio * step.euler_factor
 
         if trace is not None:
             trace.append(

@@ -82,6 +82,7 @@ def _predict(tmp_path: Path) -> dict:
             "+recipe=predict_tiny_cpu",
             "predict.save_latents=true",
             'sampling.negative_prompt=""',  # recorded with the empty negative prompt of the time
+            "predict.first_frame_mode=white",  # and with the white T2AV frame of the time
             f"paths.output_root={tmp_path / 'outputs'}",
             f"hydra.run.dir={run_dir}",
         ],

@@ -48,7 +48,8 @@ def test_rgba_and_palette_images_are_converted(tmp_path):
 
 
 def test_t2av_white_frame_and_errors(tmp_path):
-    white = first_frame_tensor(None, 32, 16)
+    white = first_frame_tensor(None, 32, 16, mode="white")
+    assert first_frame_tensor(None, 32, 16) is None  # default: the no-frame condition, built by the caller
     assert white.shape == (3, 16, 32) and bool((white == 1.0).all())
     with pytest.raises(ValueError, match="first_frame_mode"):
         first_frame_tensor(None, 32, 16, mode="zeros")

@@ -88,3 +88,72 @@ def test_ids_are_deterministic_and_content_addressed():
     assert a.id.startswith("a-red-ball-bouncing-") and a.id.endswith("-s7")
     assert c.id != a.id  # settings are part of the hash
     assert slugify("x" * 100) == "x" * 40 and slugify("!!!") == "sample"
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"fps": 1e-9}, "'fps'=1e-09 is out of range"),
+        ({"fps": 1000.0}, "'fps'"),
+        ({"num_frames": 400001}, "'num_frames'"),
+        ({"num_frames": 4097, "fps": 1.0}, "lasts 4097 s"),
+        ({"height": 1 << 20}, "'height'"),
+        ({"steps": 100000}, "'steps'"),
+    ],
+)
+def test_absurd_sizes_are_refused_with_file_and_field(tmp_path, fields, needle):
+    """`fps 1e-9` used to reach the sampler and ask for a 57 TB audio latent."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"prompt": "a", **fields}) + "\n")
+    with pytest.raises(RequestError) as err:
+        load_requests(path, SETTINGS)
+    assert f"{path}:1" in str(err.value) and needle in str(err.value)
+
+
+def test_non_utf8_requests_file_names_the_file(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(RequestError, match=rf"{path}: not UTF-8 text .*save the requests file as UTF-8"):
+        load_requests(path, SETTINGS)
+
+
+def _tone_wav(path, seconds: float, rate: int = 16000):
+    import math
+
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    t = torch.arange(int(seconds * rate)) / rate
+    AudioEncoder(torch.sin(2 * math.pi * 220 * t)[None] * 0.3, sample_rate=rate).to_file(str(path))
+
+
+def test_media_requests_modes_and_checks(tmp_path):
+    _tone_wav(tmp_path / "voice.wav", 1.5)
+    (tmp_path / "face.png").write_bytes(b"x")
+    path = tmp_path / "r.jsonl"
+    lines = [
+        {"prompt": "speak", "audio": "voice.wav", "first_frame": "face.png"},
+        {"prompt": "speak", "audio": "voice.wav"},
+        {"prompt": "look", "first_frame": "face.png"},
+        {"prompt": "anything"},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    reqs = load_requests(path, SETTINGS)  # 9 frames at 8 fps = 1.125 s: the 1.5 s track covers it
+    assert [r.mode for r in reqs] == ["a2v", "a2v", "i2av", "t2av"]
+    assert reqs[0].audio == str(tmp_path / "voice.wav")
+    assert reqs[0].batch_key() != reqs[2].batch_key()
+    # requests without media keep their ids (the new fields are left out of the hash when absent)
+    assert reqs[3].content().keys() == {f for f in reqs[3].to_dict() if f not in ("id", "audio", "video")}
+    for entry, needle in (
+        ({"prompt": "a", "audio": "voice.wav", "video": "voice.wav"}, "'video'"),
+        ({"prompt": "a", "video": "clip.mp4"}, "'video'='"),
+        (
+            {"prompt": "a", "audio": "voice.wav", "num_frames": 17},
+            "lasts 1.500 s but the request needs 2.125 s",
+        ),
+        ({"prompt": "a", "video": "voice.wav"}, "no readable video stream"),
+    ):
+        path.write_text(json.dumps(entry) + "\n")
+        with pytest.raises(RequestError) as err:
+            load_requests(path, SETTINGS)
+        assert f"{path}:1" in str(err.value) and needle in str(err.value), str(err.value)
