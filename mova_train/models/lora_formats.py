@@ -431,11 +431,14 @@ def map_foreign(
     return out, alphas
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise LoraError(f"{path}: cannot be read as a safetensors LoRA file ({err})") from err
 
 
 def _guess_format(keys: Sequence[str]) -> str:
@@ -457,11 +460,8 @@ def read_foreign_file(
     Returns:
         (tensors in our key layout, module path -> alpha, format name).
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
-    meta = _metadata(path)
-    raw = load_file(str(path))
+    raw, meta = _read_safetensors(path)
     peft_config = None
     peft_file = path.with_name("adapter_config.json")
     if peft_file.is_file() and any(k.startswith("base_model.model.") for k in raw):

@@ -383,6 +383,9 @@ def test_unsupported_or_foreign_keys_are_refused(tmp_path):
     write_export(tensors, alphas, "comfyui", tmp_path, fused_layers=fused)
     with pytest.raises(LoraError, match="video_dit_2"):
         read_foreign_lora(tmp_path / PRISM_FILE, single)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LoraError, match="broken.safetensors: cannot be read"):
+        read_foreign_lora(tmp_path / "broken.safetensors", base)
     half = {k: v for k, v in tensors.items() if not k.endswith("lora_B.weight") or "blocks.0." not in k}
     with pytest.raises(LoraError, match="has only its down"):
         map_foreign(half, targets, fused)

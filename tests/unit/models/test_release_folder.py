@@ -35,7 +35,7 @@ from safetensors import safe_open
 
 from mova_train.models.checkpoint import INDEX_NAME, CheckpointError, load_component
 from mova_train.models.lora_formats import split_modules
-from mova_train.models.release_folder import export_merged, merged_weight, release_folder_problems
+from mova_train.models.release_folder import export_merged, release_folder_problems
 
 SGLANG_REQUIRED = [
     "video_vae",
@@ -196,14 +196,6 @@ def test_merged_export_of_a_bf16_release_rounds_once(tmp_path):
         else:
             assert torch.equal(value, base_bf16[key]), key
     assert not any(os.stat(p).st_nlink > 1 for p in out.rglob("*") if p.is_file())  # copy=True: no hard links
-
-
-def test_merged_weight_is_peft_merge_in_float32():
-    g = torch.Generator().manual_seed(0)
-    w, a, b = torch.randn(6, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(6, 3, generator=g)
-    expected = w.clone()
-    expected += (b @ a) * (5.0 / 3)  # peft LoraLayer.merge: base_layer.weight.data += get_delta_weight()
-    assert torch.equal(merged_weight(w, a, b, 5.0 / 3), expected)
 
 
 def test_merged_export_refuses_before_writing(release, tmp_path):
