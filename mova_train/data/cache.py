@@ -11,6 +11,9 @@
   with every encode setting. The top-level `fps`/`sample_rate` stay the source's (the record still validates as a
   `ClipRecord`); the encoded ones are in `cache`.
 
+`empty_latents.safetensors` holds, per encoded size, the normalized latent of an all-zero clip (the "no frame"
+condition of t2av training; `read_empty_latents`), and the pipeline adds it to cached batches as `empty_latents`.
+
 The cache folder's `index.json` holds the fingerprint and its inputs (component hashes and settings), so a run
 with other settings or other encoder weights is refused with a message naming what changed (`check_cache`).
 Captions are fingerprinted per sample (`caption_sha256`) and checked at read time when a caption is given.
@@ -454,3 +457,83 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ empty clips
+
+EMPTY_LATENTS_FILE = "empty_latents.safetensors"
+"""Per cache folder: the normalized latent of an all-zero clip for every encoded size (the "no frame" condition of
+text-to-audio+video training, `objective.mode=t2av`), so cached training needs no VAE for it."""
+
+
+def size_key(num_frames: int, height: int, width: int) -> str:
+    """The key of one encoded size in `EMPTY_LATENTS_FILE`: ``"FxHxW"`` (pixels)."""
+    return f"{num_frames}x{height}x{width}"
+
+
+def write_empty_latents(cache_dir: str | Path, latents: Mapping[str, torch.Tensor], fingerprint: str) -> Path:
+    """Add empty-clip latents ``{size_key: [z, T', H', W']}`` to the cache folder's file (atomic, bf16).
+
+    Entries already in the file for the same fingerprint are kept (another rank or bucket wrote them); a file of
+    another fingerprint is replaced.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / EMPTY_LATENTS_FILE
+    tensors: dict[str, torch.Tensor] = {}
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            same = (f.metadata() or {}).get("fingerprint") == fingerprint
+        if same:
+            tensors = load_file(str(path))
+    tensors.update({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in latents.items()})
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "kind": "empty_clip_latents"})
+    os.replace(tmp, path)
+    return path
+
+
+_EMPTY_CACHE: dict[str, tuple[int, dict[tuple[int, ...], torch.Tensor]]] = {}
+
+
+def read_empty_latents(cache_dir: str | Path) -> dict[tuple[int, ...], torch.Tensor]:
+    """The cache folder's empty-clip latents keyed by latent shape ``(z, T', H', W')`` (float32; read again only
+    when the file changes).
+
+    Returns an empty dict for a cache made before they were stored.
+
+    Raises:
+        StaleCacheError: The file belongs to another fingerprint than the folder's `index.json`.
+    """
+    path = Path(cache_dir) / EMPTY_LATENTS_FILE
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    key = str(path.resolve())
+    if key in _EMPTY_CACHE and _EMPTY_CACHE[key][0] == stamp:
+        return _EMPTY_CACHE[key][1]
+    from safetensors import safe_open
+
+    want = read_cache_index(cache_dir).get("fingerprint")
+    table: dict[tuple[int, ...], torch.Tensor] = {}
+    with safe_open(str(path), "pt") as f:
+        have = (f.metadata() or {}).get("fingerprint")
+        if have != want:
+            raise StaleCacheError(
+                f"{path}: written for fingerprint {have}, the cache is {want}; "
+                + RERUN_HINT.format(cache=cache_dir)
+            )
+        for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            tensor = f.get_tensor(name).float()
+            table[tuple(tensor.shape)] = tensor
+    _EMPTY_CACHE[key] = (stamp, table)
+    return table
+
+
+def empty_latents_for(shard_url: str, latent_shape: Sequence[int]) -> torch.Tensor | None:
+    """The empty-clip latent ``[z, T', H', W']`` for a sample of ``shard_url`` whose video latent has
+    ``latent_shape``, or None when its cache folder has none of that size."""
+    return read_empty_latents(Path(shard_url).parent).get(tuple(latent_shape))

@@ -11,6 +11,7 @@ trimmed to the real token count, all bf16 in a `latents.safetensors` member (see
   marker present writes `index.json` (fingerprint, its inputs and counts). Until then the cache is unusable.
 - `--resume` keeps cache shards whose marker matches the fingerprint and the raw shard's size.
 - Clips that fail to decode are skipped and counted by reason in the markers and `index.json`.
+- `empty_latents.safetensors` holds the latent of an all-zero clip of the encoded size (t2av's "no frame").
 
 Call `encode_cache(shards, out_dir, encoders, components_hashes, settings, ...)` with encoders from
 `load_checkpoint_encoders(folder, ...)` (and `checkpoint_hashes(folder)`) or in-memory ones (`module_hashes`).
@@ -38,6 +39,8 @@ from mova_train.data.cache import (
     component_hash,
     fingerprint_inputs,
     latents_checksum,
+    size_key,
+    write_empty_latents,
     write_json_atomic,
 )
 from mova_train.data.decode import DecodeError, decode_clip
@@ -406,6 +409,11 @@ def encode_cache(
             summary["count"] += marker["count"]
             for reason, entries in marker["skipped"].items():
                 summary["skipped"][reason] = summary["skipped"].get(reason, 0) + len(entries)
+    with torch.no_grad():  # the t2av "no frame" latent of this size (also when every shard was reused)
+        empty = encoders.video_vae.encode_empty(settings.num_frames, settings.height, settings.width)[0]
+    write_empty_latents(
+        out_dir, {size_key(settings.num_frames, settings.height, settings.width): empty}, fingerprint
+    )
     summary["index"] = _write_index(out_dir, urls, fingerprint, inputs, str(shards))
     if summary["index"] is None:
         logger.info("rank %d done; index.json is written by the last rank to finish", rank)

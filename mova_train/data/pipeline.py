@@ -314,7 +314,7 @@ def cached_stage(
 ) -> list[dict[str, Any]]:
     """Stage 4 (cached): read `latents.safetensors` (no decoding, no encoders); zero-pad text to `text_len`;
     rebuild the 4 mask channels of the first-frame condition (`cond` = `[4 + z, T', H', W']`)."""
-    from mova_train.data.cache import cond_with_mask, read_cached_sample
+    from mova_train.data.cache import cond_with_mask, empty_latents_for, read_cached_sample
 
     out = []
     for sample in batch:
@@ -330,6 +330,9 @@ def cached_stage(
                 "text_lens": cached["text_lens"],
                 "audio_mask": cached["audio_mask"],
             }
+            empty = empty_latents_for(str(sample.get("__url__", "")), item["video_latents"].shape)
+            if empty is not None:  # the t2av "no frame" latent of this size (None for caches made before it)
+                item["empty_latents"] = empty
         except Exception as err:  # noqa: BLE001 - any unreadable sample is skipped and counted, never trained on
             counter.skip(getattr(err, "reason", "cache_error"), where, f"{type(err).__name__}: {err}")
             continue

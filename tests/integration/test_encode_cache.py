@@ -390,3 +390,42 @@ def test_cached_datamodule_refuses_other_settings_before_training(cache_dir):
     )
     with pytest.raises(StaleCacheError, match="num_frames 9 != 13"):
         dm.setup()
+
+
+def test_cache_stores_the_empty_clip_latent_for_t2av(raw_dir, cache_dir, encoders, tmp_path):
+    """Cached t2av needs the latent of an all-zero clip without a VAE: the cache stores it per size, the cached
+    datamodule adds it to each sample, an old cache gets it with --resume alone, a foreign file is refused."""
+    from mova_train.codecs.encoders import latents_from_cached
+    from mova_train.data.cache import EMPTY_LATENTS_FILE, read_empty_latents, size_key, write_empty_latents
+    from mova_train.models.builders import mova_tiny
+    from mova_train.objectives import FlowMatchingObjective
+
+    with torch.no_grad():
+        want = encoders.video_vae.encode_empty(9, 48, 64)[0].to(torch.bfloat16).float()
+    assert torch.equal(read_empty_latents(cache_dir)[(4, 3, 6, 8)], want)
+    dm = MovaDataModule(shards=str(cache_dir), val_shards=str(cache_dir), mode="cached", num_frames=9, fps=8.0,
+                        height=48, width=64, sample_rate=16000, batch_size=2, num_workers=0, text_len=TEXT_LEN)  # fmt: skip
+    dm.setup()
+    batch = dm.finalize_batch(next(iter(dm.val_dataloader())), consumed=False)
+    assert batch["empty_latents"].shape == (2, 4, 3, 6, 8) and torch.equal(batch["empty_latents"][1], want)
+    objective = FlowMatchingObjective(mode="t2av")
+    out = objective(mova_tiny(seed=0), latents_from_cached(batch), 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and out.modes == ("t2av", "t2av")
+
+    # a cache made before the file existed: t2av refuses with the fix; --resume adds it without re-encoding
+    old = tmp_path / "old"
+    kw = dict(batch_size=2, device="cpu", progress=False)
+    encode_cache(raw_dir, old, encoders, module_hashes(encoders), SMALL, **kw)
+    (old / EMPTY_LATENTS_FILE).unlink()
+    dm = MovaDataModule(shards=str(old), mode="cached", num_frames=5, fps=8.0, height=32, width=32,
+                        sample_rate=16000, batch_size=2, num_workers=0, text_len=TEXT_LEN)  # fmt: skip
+    dm.setup()
+    stale = dm.finalize_batch(next(iter(dm.train_dataloader())), consumed=False)
+    assert "empty_latents" not in stale
+    with pytest.raises(KeyError, match="--resume"):
+        objective(mova_tiny(seed=0), latents_from_cached(stale), 0, torch.Generator().manual_seed(0))
+    again = encode_cache(raw_dir, old, encoders, module_hashes(encoders), SMALL, resume=True, **kw)
+    assert again["encoded"] == [] and (4, 2, 4, 4) in read_empty_latents(old)
+    write_empty_latents(old, {size_key(5, 32, 32): torch.zeros(4, 2, 4, 4)}, "another-fingerprint")
+    with pytest.raises(StaleCacheError, match="another-fingerprint"):
+        read_empty_latents(old)
