@@ -1,9 +1,7 @@
-"""Checkpoint plumbing: atomic checkpoint files, LoRA exports, and a clean stop on SIGTERM.
+"""Checkpoint plumbing: atomic checkpoint files and a clean stop on SIGTERM (LoRA exports: `lora_export.py`).
 
 * :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin, ``Trainer(plugins=[...])``): writes to
   ``<path>.tmp``, fsyncs, then ``os.replace``-s; a save killed mid-write leaves the previous file intact.
-* :class:`LoraExport`: writes ``lora.safetensors`` (and optionally upstream's ``lora_weights.pt`` /
-  ``lora_config.pt``) every N optimizer steps and at the end of fit.
 * :class:`SigtermCheckpoint`: on a plain SIGTERM (Lightning already notices it and stops after the current
   batch), waits for the next gradient-accumulation boundary, saves a checkpoint and lets Lightning exit.
   SLURM pre-emption (``SIGUSR1`` with ``SLURMEnvironment(auto_requeue=True)``) is Lightning's own
@@ -22,14 +20,10 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
-
-from mova_train.models.lora import save_lora
-from mova_train.models.lora_upstream import export_upstream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointIO", "LoraExport", "SigtermCheckpoint"]
+__all__ = ["AtomicCheckpointIO", "SigtermCheckpoint"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,70 +57,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def _stepped(trainer: Trainer, last: int) -> bool:
     return trainer.global_step != last
-
-
-class LoraExport(Callback):
-    """Write the LoRA weights every ``every_n_steps`` optimizer steps and at the end of fit.
-
-    Args:
-        dirpath: output folder.
-        every_n_steps: export period in optimizer steps (0: only at the end).
-        upstream: also write upstream's ``lora_weights.pt`` / ``lora_config.pt`` into ``<folder>/upstream``.
-        keep_history: write each export to ``step-XXXXXXXX/`` instead of overwriting ``dirpath``.
-        use_ema: export the EMA weights when the module keeps an EMA.
-    """
-
-    def __init__(
-        self,
-        dirpath: str | Path,
-        every_n_steps: int = 0,
-        upstream: bool = False,
-        keep_history: bool = False,
-        use_ema: bool = False,
-    ) -> None:
-        self.dirpath = Path(dirpath)
-        self.every_n_steps = int(every_n_steps)
-        self.upstream = upstream
-        self.keep_history = keep_history
-        self.use_ema = use_ema
-        self._last_exported = -1
-
-    def folder_for(self, step: int) -> Path:
-        """Where the export of optimizer step ``step`` goes."""
-        return self.dirpath / f"step-{step:08d}" if self.keep_history else self.dirpath
-
-    @rank_zero_only
-    def export(self, trainer: Trainer, pl_module: LightningModule) -> Path | None:
-        """Write the files now; returns the folder (None when the module has no LoRA)."""
-        spec = getattr(pl_module, "lora", None)
-        if spec is None:
-            log.warning("LoraExport: the module trains no LoRA; nothing exported")
-            return None
-        folder = self.folder_for(trainer.global_step)
-        swap = pl_module.ema_swapped() if self.use_ema else contextlib.nullcontext()
-        with swap:
-            save_lora(folder / "lora.safetensors", pl_module.model, spec, pl_module.base_fingerprint)
-            if self.upstream:
-                export_upstream(folder / "upstream", pl_module.model, spec)
-        self._last_exported = trainer.global_step
-        log.info("LoRA exported to %s (step %d)", folder, trainer.global_step)
-        return folder
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if (
-            self.every_n_steps > 0
-            and step > 0
-            and step % self.every_n_steps == 0
-            and step != self._last_exported
-        ):
-            self.export(trainer, pl_module)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.global_step != self._last_exported:
-            self.export(trainer, pl_module)
 
 
 class SigtermCheckpoint(Callback):

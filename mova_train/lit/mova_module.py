@@ -25,7 +25,14 @@ from lightning.pytorch import LightningModule
 
 from mova_train.codecs.encoders import MovaEncoders, latents_from_cached
 from mova_train.lit.optim import build_param_groups
-from mova_train.models.lora import LoraSpec, base_fingerprint, inject_lora, set_trainable
+from mova_train.models.lora import (
+    LoraSpec,
+    base_fingerprint,
+    component_fingerprints,
+    inject_lora,
+    set_trainable,
+)
+from mova_train.models.lora_file import warm_start_lora
 from mova_train.models.mova import MovaDualTower
 from mova_train.objectives.flow_matching import FlowMatchingObjective, LossOutput
 
@@ -120,6 +127,7 @@ class MovaLitModule(LightningModule):
         self.trainable_names: list[str] = []
         self.ema_weights: _EmaWeights | None = None
         self._fingerprint: str | None = None
+        self.base_fingerprints: dict[str, str] = {}
         self._last_time: float | None = None
         self._interval_samples = 0
         self._interval_tokens = 0
@@ -146,9 +154,14 @@ class MovaLitModule(LightningModule):
         assert model is not None
         for expert in self.objective.experts:
             model.expert(expert)  # raises a clear error if the expert this run trains is not loaded
-        self._fingerprint = base_fingerprint(model)
+        self.base_fingerprints = component_fingerprints(model)
+        self._fingerprint = base_fingerprint(self.base_fingerprints)
         if self.lora is not None:
             inject_lora(model, self.lora)
+            if (
+                self.lora.init_from
+            ):  # the second run of a two-expert workflow (mova_train/models/lora_file.py)
+                warm_start_lora(model, self.lora, self.base_fingerprints)
         set_trainable(model, self.lora, self.full_finetune)
         self.trainable_names = [f"model.{n}" for n, p in model.named_parameters() if p.requires_grad]
         if self.gradient_checkpointing:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mova_train.models.lora import base_fingerprint
-from mova_train.models.lora_upstream import apply_loras
+from mova_train.models.lora_apply import apply_loras
 from mova_train.sampling.generator import GeneratedSample, MovaGenerator
 from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
 from mova_train.schedulers.flow_match import FlowMatchScheduler

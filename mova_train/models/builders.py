@@ -114,26 +114,44 @@ def build_dual_tower(
         experts: which video experts to build (``("video_dit",)`` trains/samples with one expert only).
         device: ``"meta"`` builds without allocating memory (weights are then loaded with ``assign=True``).
         dtype: parameter dtype (the time MLPs stay float32).
-        seed: optional seed for a reproducible random init.
+        seed: optional seed for a reproducible random init (component k is drawn from ``seed + k``, so a
+            one-expert model holds the same weights as the matching parts of the two-expert model).
     """
     unknown = set(experts) - set(EXPERTS)
     if unknown or not experts:
         raise ValueError(f"experts must be a non-empty subset of {EXPERTS}, got {experts}")
-    if seed is not None:
-        torch.manual_seed(seed)
+    def seeded(index: int, build):  # one seed per component: a one-expert model = a part of the two-expert one
+        if seed is not None:
+            torch.manual_seed(seed + index)
+        return build()
+
     with torch.device(device):
         model = MovaDualTower(
-            video_dit=VideoDiT(config.video_dit) if "video_dit" in experts else None,
-            audio_dit=AudioDiT(config.audio_dit),
-            dual_tower_bridge=DualTowerBridge(config.dual_tower_bridge),
-            video_dit_2=VideoDiT(config.video_dit) if "video_dit_2" in experts else None,
+            video_dit=seeded(0, lambda: VideoDiT(config.video_dit)) if "video_dit" in experts else None,
+            audio_dit=seeded(2, lambda: AudioDiT(config.audio_dit)),
+            dual_tower_bridge=seeded(3, lambda: DualTowerBridge(config.dual_tower_bridge)),
+            video_dit_2=seeded(1, lambda: VideoDiT(config.video_dit)) if "video_dit_2" in experts else None,
         )
     return cast_for_compute(model, dtype)
 
 
-def mova_tiny(experts: tuple[str, ...] = EXPERTS, seed: int = 0, **kwargs) -> MovaDualTower:
-    """The tiny random-weight dual tower used by tests and the CPU recipe (keyword args: :func:`tiny_config`)."""
-    return build_dual_tower(tiny_config(**kwargs), experts=tuple(experts), seed=seed)
+def mova_tiny(
+    experts: tuple[str, ...] = EXPERTS, seed: int = 0, components: dict[str, str] | None = None, **kwargs
+) -> MovaDualTower:
+    """The tiny random-weight dual tower used by tests and the CPU recipe (keyword args: :func:`tiny_config`).
+
+    ``components`` maps a component to a folder whose weights replace the random ones (e.g. a full fine-tune
+    export, ``{dual_tower_bridge: outputs/run/lora/components/dual_tower_bridge}``).
+    """
+    model = build_dual_tower(tiny_config(**kwargs), experts=tuple(experts), seed=seed)
+    if components:
+        from mova_train.models.checkpoint import load_component_into
+
+        for name, folder in components.items():
+            if getattr(model, name, None) is None:
+                raise ValueError(f"model.components: {name!r} is not a loaded component of the tiny model")
+            load_component_into(getattr(model, name), folder, name)
+    return model
 
 
 def mova_release(

@@ -37,11 +37,14 @@ from mova_train.models.video_tower import VideoDiT
 __all__ = [
     "COMPONENTS",
     "CheckpointError",
+    "diffusers_version",
     "load_component",
+    "load_component_into",
     "load_dual_tower",
     "read_config",
     "save_component",
     "save_dual_tower",
+    "write_model_index",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,21 +59,36 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """How to build one component from its ``config.json``."""
+    """How to build one component from its ``config.json``, and how the release's ``model_index.json`` names it
+    (``[library, class_name]``, mova_spec.md §1.2: diffusers writes the defining module of custom classes)."""
 
     class_name: str
     config_cls: type
     module_cls: type
+    library: str
 
 
 COMPONENTS: dict[str, ComponentSpec] = {
-    "video_dit": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT),
-    "video_dit_2": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT),
-    "audio_dit": ComponentSpec("WanAudioModel", AudioDiTConfig, AudioDiT),
-    "dual_tower_bridge": ComponentSpec("DualTowerConditionalBridge", BridgeConfig, DualTowerBridge),
-    "audio_vae": ComponentSpec("DAC", DACConfig, DAC),
-    "video_vae": ComponentSpec("AutoencoderKLWan", VideoVAEConfig, WanVideoVAE),
+    "video_dit": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT, "mova.diffusion.models.wan_video_dit"),
+    "video_dit_2": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT, "mova.diffusion.models.wan_video_dit"),
+    "audio_dit": ComponentSpec(
+        "WanAudioModel", AudioDiTConfig, AudioDiT, "mova.diffusion.models.wan_audio_dit"
+    ),
+    "dual_tower_bridge": ComponentSpec(
+        "DualTowerConditionalBridge", BridgeConfig, DualTowerBridge, "mova.diffusion.models.interactionv2"
+    ),
+    "audio_vae": ComponentSpec("DAC", DACConfig, DAC, "mova.diffusion.models.dac_vae"),
+    "video_vae": ComponentSpec("AutoencoderKLWan", VideoVAEConfig, WanVideoVAE, "diffusers"),
 }
+PIPELINE_ENTRIES: dict[str, Any] = {
+    "_class_name": "MOVA",
+    "text_encoder": ["transformers", "UMT5EncoderModel"],
+    "tokenizer": ["transformers", "T5TokenizerFast"],
+    "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
+    "audio_vae_type": "dac",
+    "boundary_ratio": 0.9,
+}
+"""The other ``model_index.json`` entries of the release (written only where a file lacks them)."""
 
 
 def _spec(name: str) -> ComponentSpec:
@@ -81,9 +99,14 @@ def _spec(name: str) -> ComponentSpec:
 
 def read_config(root: str | Path, name: str) -> Any:
     """Parse ``<root>/<name>/config.json`` into the component's config dataclass."""
-    path = Path(root) / name / "config.json"
+    return _read_config_file(Path(root) / name / "config.json", name)
+
+
+def _read_config_file(path: Path, name: str) -> Any:
     if not path.is_file():
-        raise CheckpointError(f"component {name!r}: {path} not found; is {root} a MOVA checkpoint folder?")
+        raise CheckpointError(
+            f"component {name!r}: {path} not found; is {path.parent.parent} a MOVA checkpoint folder?"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -155,9 +178,12 @@ def load_component(
     Raises:
         CheckpointError: missing folder/files, or key/shape mismatch (all problems in one message).
     """
-    folder = Path(root) / name
+    return _load_folder(Path(root) / name, name, dtype, device)
+
+
+def _load_folder(folder: Path, name: str, dtype: torch.dtype, device: str | torch.device) -> nn.Module:
     spec = _spec(name)
-    config = read_config(root, name)
+    config = _read_config_file(folder / "config.json", name)
     with torch.device("meta"):
         module = spec.module_cls(config)
     expected = {k: v.shape for k, v in module.state_dict().items()}
@@ -198,18 +224,82 @@ def _assert_materialized(module: nn.Module, name: str) -> None:
             )
 
 
+def _component_folder(path: str | Path, name: str) -> Path:
+    """A component's folder: ``path`` itself when it holds ``config.json``, else ``path/<name>``."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / name / "config.json").is_file():
+        return path / name
+    return path
+
+
+def load_component_into(module: nn.Module, folder: str | Path, name: str) -> nn.Module:
+    """Copy the weights of a component folder (e.g. a full fine-tune export) into an existing ``module``.
+
+    The parameters keep their dtype and device; the folder's ``config.json`` must describe the same
+    architecture and every key and shape must match.
+
+    Args:
+        module: the component to overwrite (e.g. ``model.dual_tower_bridge``).
+        folder: the component folder, or a release-layout root holding ``<name>/``.
+        name: the component name.
+    """
+    folder = _component_folder(folder, name)
+    config = _read_config_file(folder / "config.json", name)
+    mine = getattr(module, "config", None) or getattr(module, "cfg", None)
+    if mine is not None and config != mine:
+        raise CheckpointError(
+            f"component {name!r} at {folder}: config.json describes another architecture than the model's "
+            f"({config} vs {mine})"
+        )
+    state = module.state_dict()
+    files = _weight_files(folder, name)
+    found: dict[str, list[int]] = {}
+    for path in sorted(set(files.values())):
+        with safe_open(str(path), framework="pt") as f:
+            found.update({k: list(f.get_slice(k).get_shape()) for k in f.keys() if files.get(k) == path})
+    _check_keys(name, {k: v.shape for k, v in state.items()}, found, folder)
+    with torch.no_grad():
+        for path in sorted(set(files.values())):
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    if files.get(key) == path:
+                        state[key].copy_(f.get_tensor(key))
+    log.info("loaded %s weights from %s", name, folder)
+    return module
+
+
 def load_dual_tower(
     root: str | Path,
     experts: Iterable[str] = EXPERTS,
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
+    components: dict[str, str | Path] | None = None,
 ) -> MovaDualTower:
-    """Load the denoiser (chosen video experts, audio tower, bridge) from a release-layout folder."""
+    """Load the denoiser (chosen video experts, audio tower, bridge) from a release-layout folder.
+
+    Args:
+        root: the release folder.
+        experts: the video experts to load.
+        dtype: parameter dtype (``keep_in_fp32_modules`` stay float32).
+        device: where the weights go.
+        components: component -> folder to load it from instead of ``root`` (e.g. the full fine-tune export
+            ``{dual_tower_bridge: outputs/run/lora/components/dual_tower_bridge}``).
+    """
     experts = tuple(experts)
-    parts = {
-        name: load_component(root, name, dtype, device)
-        for name in (*experts, "audio_dit", "dual_tower_bridge")
-    }
+    components = dict(components or {})
+    names = (*experts, "audio_dit", "dual_tower_bridge")
+    unknown = set(components) - set(names)
+    if unknown:
+        raise CheckpointError(
+            f"model.components: {sorted(unknown)} are not loaded components ({list(names)})"
+        )
+    parts = {}
+    for name in names:
+        if name in components:
+            folder = _component_folder(components[name], name)
+            parts[name] = _load_folder(folder, name, dtype, device)
+        else:
+            parts[name] = load_component(root, name, dtype, device)
     return MovaDualTower(
         video_dit=parts.get("video_dit"),
         audio_dit=parts["audio_dit"],
@@ -219,28 +309,37 @@ def load_dual_tower(
 
 
 def save_component(
-    module: nn.Module, root: str | Path, name: str, config: Any = None, max_shard_bytes: int | None = None
+    module: nn.Module | None,
+    root: str | Path,
+    name: str,
+    config: Any = None,
+    max_shard_bytes: int | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``module`` as ``<root>/<name>/`` in the release layout.
+    """Write a component as ``<root>/<name>/`` in the release layout.
 
     Args:
-        module: the component.
+        module: the component (None when ``state`` and ``config`` are given).
         root: checkpoint folder (created if needed).
         name: component name (subfolder).
         config: its config dataclass (written as ``config.json`` with ``_class_name``); defaults to the
             module's own ``config``.
         max_shard_bytes: split the weights into shards of at most this size (plus an index json).
+        state: the weights to write (default: the module's state dict), e.g. gathered from FSDP2 shards.
 
     Returns:
         The component folder.
     """
     spec = _spec(name)
-    config = config if config is not None else getattr(module, "config", None) or module.cfg
+    if config is None:
+        config = getattr(module, "config", None) or module.cfg
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    payload = {"_class_name": spec.class_name, **config.to_dict()}
+    payload = {"_class_name": spec.class_name, "_diffusers_version": diffusers_version(), **config.to_dict()}
     (folder / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    if state is None:
+        state = module.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     previous = {*folder.glob("diffusion_pytorch_model*.safetensors"), folder / INDEX_NAME}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -282,16 +381,51 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def diffusers_version() -> str:
+    """The installed diffusers version (what ``save_pretrained`` writes as ``_diffusers_version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffusers")
+    except PackageNotFoundError:
+        return "0.33.0"  # the release's folders were written by a diffusers of that era
+
+
+def write_model_index(root: str | Path, names: Iterable[str]) -> Path:
+    """Write (or update) ``<root>/model_index.json`` for the components ``names`` (mova_spec.md §1.2).
+
+    Entries are upstream's ``[library, class]`` pairs, which diffusers and SGLang resolve; an existing valid
+    file keeps its other entries and values (only the entries of ``names`` are set, missing pipeline entries
+    and ``_diffusers_version`` are added). An existing file that is not a JSON object is refused.
+    """
+    index_path = Path(root) / "model_index.json"
+    index: dict[str, Any] = {}
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{index_path} is not valid JSON ({err}); fix or delete it") from err
+        if not isinstance(index, dict):
+            raise CheckpointError(
+                f"{index_path} holds {type(index).__name__}, not a JSON object; fix or delete it"
+            )
+    for key, value in PIPELINE_ENTRIES.items():
+        index.setdefault(key, value)
+    index.setdefault("_diffusers_version", diffusers_version())
+    for name in names:
+        spec = _spec(name)
+        index[name] = [spec.library, spec.class_name]
+    tmp = index_path.with_name(index_path.name + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, index_path)
+    return index_path
+
+
 def save_dual_tower(model: MovaDualTower, root: str | Path, max_shard_bytes: int | None = None) -> Path:
     """Write every present part of ``model`` (experts, audio tower, bridge) plus ``model_index.json``."""
     root = Path(root)
     names = [n for n in (*EXPERTS, "audio_dit", "dual_tower_bridge") if getattr(model, n) is not None]
     for name in names:
-        part = getattr(model, name)
-        save_component(part, root, name, max_shard_bytes=max_shard_bytes)
-    index_path = root / "model_index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {"_class_name": "MOVA"}
-    for name in names:
-        index[name] = ["mova_train", COMPONENTS[name].class_name]
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
+        save_component(getattr(model, name), root, name, max_shard_bytes=max_shard_bytes)
+    write_model_index(root, names)
     return root

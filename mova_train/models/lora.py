@@ -6,19 +6,29 @@ patterns matched **exactly** against the last dotted components of each ``nn.Lin
 Upstream's substring regex (spec §13.2 pitfall 3) is not reproduced; its effective layer set is the
 ``"upstream"`` preset (attention + FFN in the towers, q/k/v/o in the bridge).
 
-Files: ``save_lora`` writes one safetensors file with keys ``<component>.<module path>.lora_A.weight`` /
-``.lora_B.weight`` (peft's ``.default`` adapter name stripped) and metadata (rank, alpha, dropout, targets,
-base fingerprint). Upstream's ``lora_weights.pt`` / ``lora_config.pt`` format (import and export) lives in
-``mova_train.models.lora_upstream``.
+Groups. Every LoRA layer belongs to one of four groups, by its path: ``video`` (both video experts),
+``audio`` (the audio tower), ``bridge_a2v`` (the bridge's audio -> video conditioners, which write into the
+video stream) and ``bridge_v2a`` (video -> audio). ``bridge`` names both bridge groups and ``shared`` the three
+groups the two video experts share. Groups can be frozen in training (``LoraSpec.freeze_groups``), scaled at
+inference, and switched per video expert (:func:`gate_lora_layers`).
+
+Precision. LoRA weights are float32 whatever the base dtype (peft computes the LoRA branch in the LoRA dtype
+and casts the result back), so bf16 bases train fp32 adapters, as the memory estimator assumes.
+
+Sharded models. Under FSDP2 the parameters are ``DTensor`` shards: :func:`lora_state_dict` and
+:func:`trainable_state_dict` gather them (a collective: every rank of the mesh must call them).
+
+Files: :mod:`mova_train.models.lora_file` (our safetensors format), :mod:`mova_train.models.lora_upstream`
+(upstream's ``.pt`` files), :mod:`mova_train.models.lora_apply` (adapters at inference).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,26 +39,52 @@ import torch.nn as nn
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ADAPTER",
+    "AUDIO_SIDE_GROUPS",
     "COMPONENTS",
-    "LORA_FORMAT",
+    "LORA_GROUPS",
     "MODULE_PRESETS",
+    "SHARED_GROUPS",
     "SPEC_PRESETS",
+    "VIDEO_SIDE_GROUPS",
     "LoraError",
     "LoraSpec",
     "base_fingerprint",
     "base_state_dict",
+    "component_fingerprints",
+    "expand_groups",
+    "full_tensor",
+    "gate_lora_layers",
     "inject_lora",
-    "load_lora",
+    "inject_modules",
+    "lora_group",
+    "lora_layers",
     "lora_state_dict",
     "merge_lora",
-    "read_lora_metadata",
-    "save_lora",
+    "scaled_lora_groups",
+    "set_layer_strengths",
     "set_trainable",
+    "target_names",
+    "trainable_state_dict",
 ]
 
 COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
-LORA_FORMAT = "mova_lora/1"
+EXPERTS = ("video_dit", "video_dit_2")
 ADAPTER = "default"
+
+LORA_GROUPS = ("video", "audio", "bridge_a2v", "bridge_v2a")
+"""Video towers, audio tower, bridge audio -> video, bridge video -> audio."""
+SHARED_GROUPS = ("audio", "bridge_a2v", "bridge_v2a")
+"""Groups both video experts run with (trained in both experts' timestep ranges)."""
+VIDEO_SIDE_GROUPS = ("video", "bridge_a2v")
+"""Groups whose layers write into the video stream."""
+AUDIO_SIDE_GROUPS = ("audio", "bridge_v2a")
+"""Groups whose layers write into the audio stream."""
+GROUP_ALIASES: dict[str, tuple[str, ...]] = {
+    **{g: (g,) for g in LORA_GROUPS},
+    "bridge": ("bridge_a2v", "bridge_v2a"),
+    "shared": SHARED_GROUPS,
+}
 
 _ATTN = [f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in ("q", "k", "v", "o")]
 _FFN = ["ffn.0", "ffn.2"]
@@ -75,6 +111,42 @@ class LoraError(ValueError):
     """A LoRA spec, file or model does not fit."""
 
 
+# ------------------------------------------------------------------------------------------------ groups
+
+
+def lora_group(module: str) -> str:
+    """The group of a LoRA layer or tensor, from its path (``audio_dit.blocks.0.self_attn.q`` -> ``audio``).
+
+    Raises:
+        LoraError: the path is not under one of :data:`COMPONENTS` (or not under a bridge conditioner list).
+    """
+    comp, _, rest = module.partition(".")
+    if comp in EXPERTS:
+        return "video"
+    if comp == "audio_dit":
+        return "audio"
+    if comp == "dual_tower_bridge":
+        if rest.startswith("audio_to_video_conditioners."):
+            return "bridge_a2v"
+        if rest.startswith("video_to_audio_conditioners."):
+            return "bridge_v2a"
+    raise LoraError(f"LoRA layer {module!r} belongs to no group; expected a path under one of {COMPONENTS}")
+
+
+def expand_groups(names: Iterable[str], where: str) -> set[str]:
+    """Group names with aliases (``bridge``, ``shared``) expanded.
+
+    Raises:
+        LoraError: an unknown name; ``where`` (e.g. ``lora.freeze_groups``) is named in the message.
+    """
+    out: set[str] = set()
+    for name in names:
+        if name not in GROUP_ALIASES:
+            raise LoraError(f"{where}: unknown LoRA group {name!r}; use one of {sorted(GROUP_ALIASES)}")
+        out.update(GROUP_ALIASES[name])
+    return out
+
+
 def _expand(component: str, targets: str | Sequence[str]) -> list[str]:
     if isinstance(targets, str):
         if targets not in MODULE_PRESETS:
@@ -87,9 +159,12 @@ def _expand(component: str, targets: str | Sequence[str]) -> list[str]:
     return [str(t) for t in targets]
 
 
+# ------------------------------------------------------------------------------------------------ spec
+
+
 @dataclass
 class LoraSpec:
-    """Which layers get LoRA, and its hyper-parameters.
+    """Which layers get LoRA, its hyper-parameters, and how a run starts and freezes it.
 
     Attributes:
         rank: LoRA rank r.
@@ -98,6 +173,10 @@ class LoraSpec:
         components: component -> module preset name (``"attn"``, ``"attn_ffn"``, ``"bridge"``) or a list of
             exact patterns; None uses ``preset``. After construction it always holds expanded pattern lists.
         preset: whole-model preset used when ``components`` is None (see ``SPEC_PRESETS``).
+        init_from: a ``lora.safetensors`` whose tensors initialize the matching LoRA layers of this run (the
+            second run of a two-expert workflow warm-starts the shared audio/bridge adapters of the first).
+        freeze_groups: LoRA groups that do not train (``video``, ``audio``, ``bridge_a2v``, ``bridge_v2a``,
+            ``bridge``, ``shared``); with ``init_from`` they keep the loaded values.
     """
 
     rank: int = 16
@@ -105,7 +184,8 @@ class LoraSpec:
     dropout: float = 0.0
     components: dict[str, Any] | None = None
     preset: str | None = "upstream"
-    _expanded: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
+    init_from: str | None = None
+    freeze_groups: Sequence[str] = ()
     _from_preset: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +206,9 @@ class LoraSpec:
             raise LoraError(f"lora.components: unknown component(s) {sorted(unknown)}; expected {COMPONENTS}")
         self.components = {c: _expand(c, t) for c, t in dict(comps).items() if _expand(c, t)}
         self.rank, self.alpha, self.dropout = int(self.rank), float(self.alpha), float(self.dropout)
+        self.freeze_groups = sorted(expand_groups(self.freeze_groups or (), "lora.freeze_groups"))
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
 
     @property
     def scaling(self) -> float:
@@ -139,6 +222,8 @@ class LoraSpec:
             "alpha": self.alpha,
             "dropout": self.dropout,
             "components": self.components,
+            "init_from": self.init_from,
+            "freeze_groups": list(self.freeze_groups),
         }
 
 
@@ -158,7 +243,7 @@ def target_names(model: nn.Module, spec: LoraSpec) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for comp, patterns in (spec.components or {}).items():
         sub = getattr(model, comp, None)
-        if sub is None and spec._from_preset and comp in ("video_dit", "video_dit_2"):
+        if sub is None and spec._from_preset and comp in EXPERTS:
             continue
         if sub is None:
             raise LoraError(f"lora.components names {comp!r} but the model has no such component loaded")
@@ -173,12 +258,51 @@ def target_names(model: nn.Module, spec: LoraSpec) -> dict[str, list[str]]:
     return out
 
 
-def _lora_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+# ------------------------------------------------------------------------------------------------ layers
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(path, peft LoraLayer)`` for every LoRA layer of ``model``."""
     from peft.tuners.lora import LoraLayer
 
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
             yield name, module
+
+
+def inject_modules(
+    model: nn.Module, component: str, names: Sequence[str], rank: int, alpha: float, dropout: float = 0.0
+) -> list[str]:
+    """Wrap the ``nn.Linear`` layers ``names`` (paths relative to ``component``) with float32 LoRA layers.
+
+    Layers that are already LoRA layers are refused: the caller merges first (see ``lora_apply``).
+
+    Returns:
+        full module names (``video_dit.blocks.0.self_attn.q``).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    sub = getattr(model, component, None)
+    if sub is None:
+        raise LoraError(f"LoRA for {component!r}: the model has no such component loaded")
+    if not names:
+        return []
+    regex = "(?:" + "|".join(re.escape(n) for n in names) + ")"
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha),
+        lora_dropout=float(dropout),
+        target_modules=regex,
+        bias="none",
+        init_lora_weights=True,
+    )
+    inject_adapter_in_model(config, sub, adapter_name=ADAPTER)
+    for name in names:
+        layer = sub.get_submodule(name)
+        # peft creates the adapter in the base layer's dtype; trainable weights stay float32 (module docstring).
+        layer.lora_A[ADAPTER].float()
+        layer.lora_B[ADAPTER].float()
+    return [f"{component}.{n}" for n in names]
 
 
 def inject_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
@@ -191,31 +315,29 @@ def inject_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
     Returns:
         full module names (``video_dit.blocks.0.self_attn.q``) that received LoRA.
     """
-    from peft import LoraConfig, inject_adapter_in_model
-
-    if any(True for _ in _lora_layers(model)):
+    if any(True for _ in lora_layers(model)):
         raise LoraError("inject_lora: the model already has LoRA layers; build a fresh model or load into it")
     wrapped: list[str] = []
     for comp, names in target_names(model, spec).items():
-        regex = "(?:" + "|".join(re.escape(n) for n in names) + ")"
-        config = LoraConfig(
-            r=spec.rank,
-            lora_alpha=spec.alpha,
-            lora_dropout=spec.dropout,
-            target_modules=regex,
-            bias="none",
-            init_lora_weights=True,
-        )
-        inject_adapter_in_model(config, getattr(model, comp), adapter_name=ADAPTER)
-        wrapped.extend(f"{comp}.{n}" for n in names)
+        wrapped += inject_modules(model, comp, names, spec.rank, spec.alpha, spec.dropout)
     log.info("LoRA r=%d alpha=%g on %d layers", spec.rank, spec.alpha, len(wrapped))
     return wrapped
+
+
+def injected_targets(model: nn.Module) -> dict[str, list[str]]:
+    """Per component, the paths (relative to it) that hold LoRA layers now."""
+    out: dict[str, list[str]] = {}
+    for name, _ in lora_layers(model):
+        comp, _, rest = name.partition(".")
+        out.setdefault(comp, []).append(rest)
+    return out
 
 
 def set_trainable(
     model: nn.Module, spec: LoraSpec | None = None, full_finetune_components: Sequence[str] = ()
 ) -> list[str]:
-    """Freeze everything, then unfreeze LoRA parameters and the fully fine-tuned components.
+    """Freeze everything, then unfreeze LoRA parameters (but ``spec.freeze_groups``) and the fully fine-tuned
+    components.
 
     Args:
         model: the dual tower (LoRA already injected when ``spec`` is given).
@@ -235,53 +357,108 @@ def set_trainable(
             raise LoraError(f"full_finetune names {comp!r} but the model has no such component loaded")
         sub.requires_grad_(True)
     if spec is not None:
+        frozen = set(spec.freeze_groups)
         for name, p in model.named_parameters():
-            if ".lora_A." in name or ".lora_B." in name:
+            if (".lora_A." in name or ".lora_B." in name) and lora_group(name) not in frozen:
                 p.requires_grad_(True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if not names:
-        raise LoraError("nothing to train: give a LoRA spec or a non-empty full_finetune list")
+        hint = f" (lora.freeze_groups={list(spec.freeze_groups)} froze every LoRA layer)" if spec else ""
+        raise LoraError(f"nothing to train: give a LoRA spec or a non-empty full_finetune list{hint}")
     return names
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a parameter: an FSDP2 ``DTensor`` shard is all-gathered (collective), others pass."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach()
 
 
 def _strip(key: str) -> str:
     return key.replace(f".lora_A.{ADAPTER}.", ".lora_A.").replace(f".lora_B.{ADAPTER}.", ".lora_B.")
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """LoRA tensors keyed ``<component>.<path>.lora_A.weight`` / ``lora_B.weight`` (detached, on their device)."""
-    return {_strip(n): p.detach() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+def _is_lora(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def lora_state_dict(model: nn.Module, device: str | torch.device | None = "cpu") -> dict[str, torch.Tensor]:
+    """LoRA tensors keyed ``<component>.<path>.lora_A.weight`` / ``lora_B.weight``, whole (gathered from FSDP2
+    shards: every rank must call this) and detached.
+
+    Args:
+        model: the model with LoRA layers.
+        device: where the tensors go (None: where they are).
+    """
+    out = {}
+    for name, p in model.named_parameters():
+        if _is_lora(name):
+            t = full_tensor(p)
+            out[_strip(name)] = t if device is None else t.to(device)
+    return out
 
 
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base weights under their original names (LoRA tensors dropped, peft's ``.base_layer`` removed)."""
-    return {
-        k.replace(".base_layer.", "."): v
-        for k, v in model.state_dict().items()
-        if ".lora_A." not in k and ".lora_B." not in k
-    }
+    return {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if not _is_lora(k)}
 
 
-def base_fingerprint(source: nn.Module | str | Path, samples: int = 64) -> str:
-    """A cheap identity of the base weights the LoRA was trained on.
+def trainable_state_dict(model: nn.Module, component: str) -> dict[str, torch.Tensor]:
+    """Whole CPU weights of one component under release key names (LoRA dropped; gathered: collective).
 
-    For a module: sha256 over every base tensor's name, shape, dtype and ``samples`` evenly strided values.
-    For a checkpoint folder: sha256 over the relative path, size and safetensors header of each weight file
-    (names, shapes, dtypes, offsets). The two kinds are prefixed ``model:`` / ``folder:`` and are not
-    comparable with each other.
+    Used to export a fully fine-tuned component; the keys match the release ``diffusion_pytorch_model``.
     """
-    h = hashlib.sha256()
-    if isinstance(source, nn.Module):
-        for name, t in sorted(base_state_dict(source).items()):
+    sub = getattr(model, component, None)
+    if sub is None:
+        raise LoraError(f"export: the model has no component {component!r}")
+    return {k: full_tensor(v).to("cpu") for k, v in base_state_dict(sub).items()}
+
+
+def component_fingerprints(model: nn.Module, samples: int = 64) -> dict[str, str]:
+    """Per loaded component, a cheap identity of its base weights.
+
+    sha256 over every base tensor's name, shape and ``samples`` evenly strided values rounded to bfloat16, so
+    the same weights held in float32 or bfloat16 give the same fingerprint. LoRA layers are ignored.
+    """
+    out = {}
+    for comp in COMPONENTS:
+        sub = getattr(model, comp, None)
+        if sub is None:
+            continue
+        h = hashlib.sha256()
+        for name, t in sorted(base_state_dict(sub).items()):
             flat = t.detach().reshape(-1)
             step = max(1, flat.numel() // samples)
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-            h.update(flat[::step][:samples].to("cpu", torch.float64).numpy().tobytes())
+            h.update(f"{name}|{tuple(t.shape)}|".encode())
+            values = flat[::step][:samples].to("cpu", torch.float32).to(torch.bfloat16).to(torch.float64)
+            h.update(values.numpy().tobytes())
+        out[comp] = h.hexdigest()[:32]
+    return out
+
+
+def base_fingerprint(source: nn.Module | Mapping[str, str] | str | Path, samples: int = 64) -> str:
+    """A cheap identity of the base weights the LoRA was trained on.
+
+    For a module (or the output of :func:`component_fingerprints`): sha256 over the per-component
+    fingerprints, prefixed ``model:``. For a checkpoint folder: sha256 over the relative path, size and
+    safetensors header of each weight file, prefixed ``folder:``. The two kinds are not comparable.
+    """
+    if isinstance(source, nn.Module):
+        source = component_fingerprints(source, samples)
+    if isinstance(source, Mapping):
+        h = hashlib.sha256("|".join(f"{c}={fp}" for c, fp in sorted(source.items())).encode())
         return "model:" + h.hexdigest()
     root = Path(source)
     files = sorted(root.rglob("*.safetensors"))
     if not files:
         raise LoraError(f"base_fingerprint: no .safetensors files under {root}")
+    h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
@@ -290,100 +467,94 @@ def base_fingerprint(source: nn.Module | str | Path, samples: int = 64) -> str:
     return "folder:" + h.hexdigest()
 
 
-def save_lora(
-    path: str | Path, model: nn.Module, spec: LoraSpec, base_fingerprint: str = "", atomic: bool = True
-) -> Path:
-    """Write the LoRA tensors and metadata to one safetensors file.
+# ------------------------------------------------------------------------------------------------ strengths
 
-    Metadata (strings): ``format``, ``rank``, ``alpha``, ``dropout``, ``targets`` (JSON of the expanded
-    components), ``base_fingerprint``.
+
+def _rescale(layer: nn.Module, on: bool = True) -> None:
+    """scaling = alpha / r x strength (per file and group) x temporary factor x expert gate."""
+    base = float(layer.lora_alpha[ADAPTER]) / float(layer.r[ADAPTER])
+    strength = getattr(layer, "_mova_strength", 1.0) * getattr(layer, "_mova_factor", 1.0)
+    layer.scaling[ADAPTER] = base * strength * float(on)
+
+
+def set_layer_strengths(model: nn.Module, strengths: Mapping[str, float]) -> None:
+    """Set the strength (multiplier of ``alpha / rank``) of LoRA layers by full path; others keep theirs."""
+    for name, layer in lora_layers(model):
+        if name in strengths:
+            layer._mova_strength = float(strengths[name])
+            _rescale(layer)
+
+
+@contextlib.contextmanager
+def scaled_lora_groups(model: nn.Module, strengths: Mapping[str, float]) -> Iterator[None]:
+    """Temporarily multiply the LoRA layers of some groups by a factor (0.0 switches a group off).
+
+    For the leakage check (render with the audio-side groups off, then the video-side ones): works on an
+    unmerged model, in training or at inference. Merged layers are part of the base weights and unaffected.
+    With factor 0 the output equals the one of the adapter without that group's tensors, bit for bit.
+
+    Args:
+        model: the model with LoRA layers.
+        strengths: group (or alias: ``bridge``, ``shared``) -> factor, e.g. ``{"audio": 0.0, "bridge_v2a": 0.0}``.
     """
-    from safetensors.torch import save_file
-
-    tensors = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
-    if not tensors:
-        raise LoraError("save_lora: the model has no LoRA parameters")
-    meta = {
-        "format": LORA_FORMAT,
-        "rank": str(spec.rank),
-        "alpha": repr(spec.alpha),
-        "dropout": repr(spec.dropout),
-        "targets": json.dumps(spec.components, sort_keys=True),
-        "base_fingerprint": base_fingerprint,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp") if atomic else path
-    save_file(tensors, str(tmp), metadata=meta)
-    if atomic:
-        tmp.replace(path)
-    return path
+    factors: dict[str, float] = {}
+    for name, value in strengths.items():
+        for g in expand_groups([name], "scaled_lora_groups"):
+            factors[g] = float(value)
+    touched = [(n, layer) for n, layer in lora_layers(model) if lora_group(n) in factors]
+    for name, layer in touched:
+        layer._mova_factor = factors[lora_group(name)]
+        _rescale(layer)
+    try:
+        yield
+    finally:
+        for _, layer in touched:
+            del layer._mova_factor
+            _rescale(layer)
 
 
-def read_lora_metadata(path: str | Path) -> tuple[LoraSpec, dict[str, str]]:
-    """The spec and the raw metadata of a LoRA file written by :func:`save_lora`."""
-    from safetensors import safe_open
+def gate_lora_layers(model: nn.Module, gates: Mapping[str, Sequence[str]]) -> None:
+    """Make LoRA layers act only while given video experts run (``model(..., expert=...)``).
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != LORA_FORMAT:
-        raise LoraError(f"{path}: not a mova_train LoRA file (metadata format={meta.get('format')!r})")
-    spec = LoraSpec(
-        rank=int(meta["rank"]),
-        alpha=float(meta["alpha"]),
-        dropout=float(meta.get("dropout", "0.0")),
-        components=json.loads(meta["targets"]),
-    )
-    return spec, meta
+    A shared adapter trained with one expert only (a single-expert run) is thereby applied in the steps where
+    it was trained, not at every step. Gated layers stay unmerged (:func:`merge_lora` skips them).
 
-
-def load_lora(path: str | Path, model: nn.Module, strength: float = 1.0) -> LoraSpec:
-    """Load a LoRA file into ``model`` (injecting the layers first if the model has none).
-
-    Strict: every tensor of the file must land on a LoRA parameter of the same shape and every LoRA parameter
-    of the model must be in the file. ``strength`` multiplies the scaling (``alpha / rank * strength``).
-
-    Returns:
-        the spec read from the file.
+    Args:
+        model: a ``MovaDualTower`` with LoRA layers.
+        gates: full layer path -> experts under which it is active.
     """
-    from safetensors.torch import load_file
-
-    spec, _ = read_lora_metadata(path)
-    if not any(True for _ in _lora_layers(model)):
-        inject_lora(model, spec)
-    tensors = load_file(str(path))
-    params = {_strip(n): p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
-    if missing or unexpected:
-        raise LoraError(
-            f"{path}: LoRA keys do not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); load it into a model with the same "
-            f"components/targets (file targets: {spec.components})"
-        )
-    for key, p in params.items():
-        t = tensors[key]
-        if t.shape != p.shape:
-            raise LoraError(f"{path}: {key} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
-        with torch.no_grad():
-            p.copy_(t.to(p.dtype))
-    for _, layer in _lora_layers(model):
-        layer.set_scale(ADAPTER, strength)
-    return spec
+    layers = dict(lora_layers(model))
+    unknown = sorted(set(gates) - set(layers))
+    if unknown:
+        raise LoraError(f"gate_lora_layers: no LoRA layer at {unknown[:3]}")
+    table: dict[str, tuple[nn.Module, tuple[str, ...]]] = getattr(model, "_mova_lora_gates", {})
+    table.update({name: (layers[name], tuple(experts)) for name, experts in gates.items()})
+    model._mova_lora_gates = table
+    if getattr(model, "_mova_gate_hook", None) is None:
+        model._mova_gate_hook = model.register_forward_pre_hook(_gate_hook, with_kwargs=True)
 
 
-def merge_lora(model: nn.Module, unload: bool = True) -> int:
-    """Merge every LoRA layer into its base weight (``W + B @ A * scaling``).
+def _gate_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    # MovaDualTower.forward(latents, y, audio_latents, context, timestep, audio_timestep, video_fps, expert)
+    expert = kwargs.get("expert", args[7] if len(args) > 7 else "video_dit")
+    for layer, experts in module._mova_lora_gates.values():
+        _rescale(layer, on=expert in experts)
+
+
+def merge_lora(model: nn.Module, unload: bool = True, skip: Iterable[str] = ()) -> int:
+    """Merge LoRA layers into their base weights (``W + B @ A * scaling``).
 
     Args:
         model: the model with LoRA layers.
         unload: also replace each LoRA wrapper by its (merged) base ``nn.Linear``, restoring the original
             module names so the model saves in the release layout.
+        skip: layer paths to leave unmerged (gated layers).
 
     Returns:
         number of merged layers.
     """
-    layers = list(_lora_layers(model))
+    skip = set(skip) | set(getattr(model, "_mova_lora_gates", {}))
+    layers = [(n, layer) for n, layer in lora_layers(model) if n not in skip]
     for name, layer in layers:
         layer.merge()
         if unload:

@@ -1,4 +1,4 @@
-"""Load upstream LoRA files for inference (mova_spec.md §9.1-9.2), and pick the right loader for a path.
+"""Upstream's LoRA files (mova_spec.md §9.1-9.2): read them for inference, write them from our LoRA.
 
 Upstream writes ``<dir>/lora_weights.pt`` and ``<dir>/lora_config.pt`` in two incompatible layouts:
 
@@ -7,38 +7,64 @@ Upstream writes ``<dir>/lora_weights.pt`` and ``<dir>/lora_config.pt`` in two in
 * low-resource trainer: ``{"lora_state_dict": {"video_dit.blocks.0.self_attn.q.lora_A": [r, in], ...}, "rank",
   "alpha", ...}``.
 
-Both are read here with ``torch.load(weights_only=True)``. The layers to wrap are taken from the keys themselves
-(exact module paths), the rank from the tensors (upstream's saved "rank" can be a class-name string, pitfall 1),
-and alpha from the config (default: alpha = rank, i.e. scaling 1, with a warning). An empty file (upstream's
-single-GPU accelerate bug, pitfall 1) is an error rather than a silent no-op.
+Both are read with ``torch.load(weights_only=True)``. The layers come from the keys themselves (exact module
+paths) and the rank from the tensors. Alpha comes from the config only when the config can be trusted: its
+``rank`` must be the tensors' rank. Upstream's FSDP saver always writes ``{"rank": 16, "alpha": 16.0}`` and its
+single-GPU saver writes a class name as the rank, so a file trained at r4 / alpha 8 carries a config that
+would apply it at the wrong scale: such a file is refused unless the adapter entry gives ``alpha`` itself.
+Without any config upstream applies alpha = rank (scaling 1); so do we, with a warning. An empty file
+(upstream's single-GPU accelerate bug, pitfall 1) is an error rather than a silent no-op.
+
+Export (:func:`export_upstream`) writes the true rank and alpha. Upstream's loader (``MOVALoRA.load_lora`` in
+``mova/diffusion/pipelines/mova_lora.py`` -> ``inject_lora_to_model`` in
+``mova/engine/trainer/accelerate/lora_utils.py``) wraps, inside each component named by ``target_modules``,
+every ``nn.Linear`` whose path relative to the component matches ``.*{p}.*`` for a ``p`` in
+:data:`UPSTREAM_TARGETS` and no ``.*{x}.*`` for ``x`` in :data:`UPSTREAM_EXCLUDES`, then copies tensors by key.
+LoRA layers outside that set (``head.head``, ``time_embedding.0``, ``text_embedding.0``, ...) would be dropped
+silently by upstream: they are refused, or dropped with a warning with ``drop_unsupported=True``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from mova_train.models.lora import (
-    COMPONENTS,
-    LoraError,
-    LoraSpec,
-    inject_lora,
-    load_lora,
-    lora_state_dict,
-    merge_lora,
-)
+from mova_train.models.lora import COMPONENTS, LoraError
+from mova_train.models.lora_file import LoraExportData, LoraWeights, module_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_loras", "export_upstream", "file_fingerprint", "load_upstream_lora", "read_upstream_lora"]
+__all__ = [
+    "UPSTREAM_EXCLUDES",
+    "UPSTREAM_TARGETS",
+    "export_upstream",
+    "read_upstream_lora",
+    "upstream_injects",
+    "write_upstream",
+]
+
+UPSTREAM_TARGETS = ("q", "k", "v", "o", "to_q", "to_k", "to_v", "proj")
+"""``target_layer_names`` of upstream's ``MOVALoRA._inject_lora_layers``."""
+UPSTREAM_EXCLUDES = ("time_projection", "time_embedding")
+"""Default ``exclude_modules`` of upstream's ``inject_lora_to_model``."""
+UPSTREAM_DEFAULT_CONFIG = {"rank": 16, "alpha": 16.0}
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?(?:\.weight)?$")
+
+
+def upstream_injects(module: str) -> bool:
+    """Whether upstream's loader wraps the layer at ``<component>.<path>`` (see the module docstring)."""
+    comp, _, rel = module.partition(".")
+    if comp not in COMPONENTS:
+        return False
+    if any(re.match(f".*{x}.*", rel) for x in UPSTREAM_EXCLUDES):
+        return False
+    return any(re.match(f".*{p}.*", rel) for p in UPSTREAM_TARGETS)
 
 
 def _load_pt(path: Path) -> Any:
@@ -48,175 +74,155 @@ def _load_pt(path: Path) -> Any:
         raise LoraError(f"{path}: cannot be read with torch.load(weights_only=True): {err}") from err
 
 
-def read_upstream_lora(path: str | Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float | None]:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_upstream_lora(path: str | Path, alpha: float | None = None) -> LoraWeights:
     """Read an upstream LoRA folder (or its ``lora_weights.pt``).
 
+    Args:
+        path: the folder holding ``lora_weights.pt`` (and usually ``lora_config.pt``) or the ``.pt`` file.
+        alpha: the alpha it was trained with (overrides the file's; needed when its config is untrustworthy).
+
     Returns:
-        (``{module path: (A [r, in], B [out, r])}``, alpha or None when no config gives one).
+        the LoRA in our key layout, one alpha for every layer.
+
+    Raises:
+        LoraError: unreadable or empty file, odd keys, ranks that differ across layers, or a config whose rank
+            disagrees with the tensors' (without ``alpha``).
     """
     path = Path(path)
     weights_file = path / "lora_weights.pt" if path.is_dir() else path
     if not weights_file.is_file():
         raise LoraError(f"upstream LoRA: {weights_file} not found (expected <dir>/lora_weights.pt)")
     raw = _load_pt(weights_file)
-    alpha: float | None = None
-    if isinstance(raw, dict) and "lora_state_dict" in raw:  # low-resource layout
-        alpha = raw.get("alpha")
+    config: dict[str, Any] | None = None
+    if isinstance(raw, dict) and "lora_state_dict" in raw:  # low-resource layout: settings beside the tensors
+        config = {"rank": raw.get("rank"), "alpha": raw.get("alpha"), "source": weights_file.name}
         raw = raw["lora_state_dict"]
     config_file = weights_file.with_name("lora_config.pt")
-    if config_file.is_file():
-        config = _load_pt(config_file)
-        if isinstance(config, dict) and alpha is None:
-            alpha = config.get("alpha")
+    if config is None and config_file.is_file():
+        loaded = _load_pt(config_file)
+        if isinstance(loaded, dict):
+            config = {"rank": loaded.get("rank"), "alpha": loaded.get("alpha"), "source": config_file.name}
     if not isinstance(raw, dict) or not raw:
         raise LoraError(
             f"{weights_file}: holds no LoRA tensors (upstream's single-GPU accelerate trainer saves an empty "
             f"file, spec §13.2 pitfall 1); use a file written by the FSDP path or by mova_train"
         )
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    tensors: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         match = _KEY.match(key)
         if match is None or not isinstance(tensor, torch.Tensor):
             raise LoraError(f"{weights_file}: unexpected key {key!r} (expected '<module>.lora_A[.weight]')")
-        pairs.setdefault(match["module"], {})[match["ab"]] = tensor
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for module, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise LoraError(f"{weights_file}: module {module} has only lora_{''.join(ab)}")
-        out[module] = (ab["A"], ab["B"])
-    if alpha is not None and not isinstance(alpha, (int, float)):
-        logger.warning("%s: alpha %r is not a number; using alpha = rank", weights_file, alpha)
-        alpha = None
-    return out, (None if alpha is None else float(alpha))
-
-
-def load_upstream_lora(
-    path: str | Path, model: nn.Module, strength: float = 1.0, alpha: float | None = None
-) -> LoraSpec:
-    """Inject LoRA layers for the modules an upstream file names and copy its tensors.
-
-    Args:
-        path: Upstream LoRA folder (with ``lora_weights.pt``) or the ``.pt`` file.
-        model: The `MovaDualTower` (without LoRA layers).
-        strength: Multiplies the scaling (upstream ``--lora_scale``).
-        alpha: Overrides the file's alpha (upstream ``--lora_alpha``).
-
-    Returns:
-        The spec that was injected.
-    """
-    pairs, file_alpha = read_upstream_lora(path)
-    ranks = {a.shape[0] for a, _ in pairs.values()}
+        tensors[f"{match['module']}.lora_{match['ab']}.weight"] = tensor
+    modules = list(dict.fromkeys(module_of(k) for k in tensors))
+    for module in modules:
+        missing = [ab for ab in "AB" if f"{module}.lora_{ab}.weight" not in tensors]
+        if missing:
+            raise LoraError(f"{weights_file}: module {module} has no lora_{missing[0]}")
+        if module.partition(".")[0] not in COMPONENTS:
+            raise LoraError(f"{weights_file}: module {module!r} is not under one of {COMPONENTS}")
+    ranks = {int(tensors[f"{m}.lora_A.weight"].shape[0]) for m in modules}
     if len(ranks) != 1:
-        raise LoraError(f"{path}: LoRA ranks differ across layers ({sorted(ranks)})")
+        raise LoraError(f"{weights_file}: LoRA ranks differ across layers ({sorted(ranks)})")
     rank = ranks.pop()
-    if alpha is None:
-        alpha = file_alpha
-    if alpha is None:
+    alpha = _trusted_alpha(weights_file, rank, config, alpha)
+    return LoraWeights(tensors, {m: alpha for m in modules}, path, "upstream")
+
+
+def _trusted_alpha(
+    weights_file: Path, rank: int, config: dict[str, Any] | None, alpha: float | None
+) -> float:
+    if alpha is not None:
+        return float(alpha)
+    if config is None:
         logger.warning(
-            "%s: no alpha in lora_config.pt; using alpha = rank = %d (upstream default 16/16)", path, rank
+            "%s: no lora_config.pt; using alpha = rank = %d (scaling 1, what upstream's loader applies then); "
+            "give the trained alpha with {path: ..., alpha: A}",
+            weights_file,
+            rank,
         )
-        alpha = float(rank)
-    components: dict[str, list[str]] = {}
-    for module in pairs:
-        comp, _, rest = module.partition(".")
-        if comp not in COMPONENTS or not rest:
-            raise LoraError(f"{path}: module {module!r} is not under one of {COMPONENTS}")
-        components.setdefault(comp, []).append(rest)
-    spec = LoraSpec(rank=rank, alpha=float(alpha), components=components)
-    inject_lora(model, spec)
-    params = dict(model.named_parameters())
-    for module, (a, b) in pairs.items():
-        for suffix, tensor in (("lora_A", a), ("lora_B", b)):
-            name = f"{module}.{suffix}.default.weight"
-            if name not in params:
-                raise LoraError(f"{path}: no LoRA parameter {name} after injection")
-            target = params[name]
-            if target.shape != tensor.shape:
-                raise LoraError(
-                    f"{path}: {module}.{suffix} has shape {tuple(tensor.shape)}, model wants {tuple(target.shape)}"
-                )
-            with torch.no_grad():
-                target.copy_(tensor.to(target.dtype))
-    from mova_train.models.lora import _lora_layers
-
-    for _, layer in _lora_layers(model):
-        layer.set_scale("default", strength)
-    logger.info(
-        "upstream LoRA %s: %d layers, rank %d, alpha %g, strength %g", path, len(pairs), rank, alpha, strength
-    )
-    return spec
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """sha256 (first 16 hex) of a LoRA file, or of ``lora_weights.pt`` + ``lora_config.pt`` in a folder."""
-    path = Path(path)
-    files = [path / "lora_weights.pt", path / "lora_config.pt"] if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def apply_loras(model: nn.Module, loras: list[dict[str, Any]], merge: bool = False) -> list[dict[str, Any]]:
-    """Load LoRA adapters into ``model`` (our ``.safetensors`` or an upstream folder / ``.pt``).
-
-    Several adapters are stacked by merging each one into the base weights before loading the next (``merge``
-    is forced when more than one is given). With one adapter and ``merge=False`` the LoRA layers stay separate
-    (the strength can still be changed with peft's ``set_scale``).
-
-    Args:
-        model: The denoiser.
-        loras: ``[{"path": ..., "strength": 1.0, "alpha": None}, ...]``.
-        merge: Merge into the base weights (faster sampling, no LoRA overhead per step).
-
-    Returns:
-        Fingerprints ``[{"path", "sha256_16", "strength", "format", "rank", "alpha", "merged"}, ...]``.
-    """
-    infos: list[dict[str, Any]] = []
-    merge_each = merge or len(loras) > 1
-    for entry in loras:
-        path = Path(str(entry["path"])).expanduser()
-        strength = float(entry.get("strength", 1.0))
-        if not path.exists():
-            raise LoraError(f"LoRA {path} does not exist; fix lora.paths / predict LoRA config")
-        if path.suffix == ".safetensors":
-            spec, fmt = load_lora(path, model, strength=strength), "mova_lora"
-        else:
-            spec, fmt = (
-                load_upstream_lora(path, model, strength=strength, alpha=entry.get("alpha")),
-                "upstream",
-            )
-        if merge_each:
-            merge_lora(model, unload=True)
-        infos.append(
-            {
-                "path": str(path),
-                "sha256_16": file_fingerprint(path),
-                "strength": strength,
-                "format": fmt,
-                "rank": spec.rank,
-                "alpha": spec.alpha,
-                "merged": merge_each,
-            }
+        return float(rank)
+    where = weights_file.with_name(config["source"])
+    cfg_rank, cfg_alpha = config.get("rank"), config.get("alpha")
+    if not _is_number(cfg_rank) or int(cfg_rank) != rank or not _is_number(cfg_alpha):
+        raise LoraError(
+            f"{where}: says rank {cfg_rank!r} / alpha {cfg_alpha!r} but the tensors have rank {rank}: the config "
+            f"cannot be trusted (upstream's FSDP saver always writes rank 16 / alpha 16), so its alpha would apply "
+            f"the LoRA at the wrong scale; give the alpha it was trained with: "
+            f"lora.adapters=[{{path: {weights_file.parent}, alpha: <trained alpha>}}]"
         )
-    return infos
+    return float(cfg_alpha)
 
 
-def export_upstream(path_dir: str | Path, model: nn.Module, spec: LoraSpec) -> Path:
+def _supported(modules: Sequence[str], drop_unsupported: bool, where: Path) -> set[str]:
+    unsupported = [m for m in modules if not upstream_injects(m)]
+    if unsupported and not drop_unsupported:
+        raise LoraError(
+            f"export_upstream to {where}: upstream's loader does not inject LoRA into {len(unsupported)} of these "
+            f"layers (e.g. {unsupported[:4]}; it wraps only nn.Linear paths containing one of {UPSTREAM_TARGETS} "
+            f"and none of {UPSTREAM_EXCLUDES}), so they would be dropped silently; train without them, or pass "
+            f"drop_unsupported=True to drop them"
+        )
+    if unsupported:
+        logger.warning(
+            "export_upstream to %s: dropped %d layers upstream does not inject: %s",
+            where,
+            len(unsupported),
+            unsupported,
+        )
+    return set(unsupported)
+
+
+def export_upstream(
+    path_dir: str | Path,
+    tensors: dict[str, torch.Tensor],
+    rank: int,
+    alpha: float,
+    drop_unsupported: bool = False,
+) -> Path:
     """Write upstream's LoRA inference files (``lora_weights.pt`` flat dict, ``lora_config.pt``).
 
-    Upstream's loader injects LoRA with its accelerate-style targets (attention + FFN + bridge) and copies
-    tensors by key; layers absent from the file keep B = 0, so a narrower spec loads with the same effect.
+    Args:
+        path_dir: the folder (created).
+        tensors: whole CPU LoRA tensors in our key layout (e.g. :func:`~mova_train.models.lora.lora_state_dict`).
+        rank: the LoRA rank (written to ``lora_config.pt``; upstream builds its layers with it).
+        alpha: the LoRA alpha (upstream's scaling is ``alpha / rank`` of the config).
+        drop_unsupported: drop (with a warning) instead of refusing layers upstream does not inject.
+
+    Returns:
+        the folder.
     """
     out = Path(path_dir)
+    modules = list(dict.fromkeys(module_of(k) for k in tensors))
+    ranks = {int(tensors[f"{m}.lora_A.weight"].shape[0]) for m in modules}
+    if ranks != {int(rank)}:
+        raise LoraError(
+            f"export_upstream: tensors have rank(s) {sorted(ranks)}, not {rank}; upstream needs one rank"
+        )
+    dropped = _supported(modules, drop_unsupported, out)
+    weights = {k: v.to("cpu").clone().contiguous() for k, v in tensors.items() if module_of(k) not in dropped}
+    components = sorted({m.partition(".")[0] for m in modules if m not in dropped}, key=COMPONENTS.index)
+    config = {"rank": int(rank), "alpha": float(alpha), "target_modules": components}
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.to("cpu").clone().contiguous() for k, v in lora_state_dict(model).items()}
-    config = {"rank": spec.rank, "alpha": spec.alpha, "target_modules": list(spec.components or {})}
     for name, obj in (("lora_weights.pt", weights), ("lora_config.pt", config)):
         tmp = out / (name + ".tmp")
         torch.save(obj, tmp)
         tmp.replace(out / name)
     return out
+
+
+def write_upstream(folder: Path, export: LoraExportData, drop_unsupported: bool = False) -> list[Path]:
+    """`LoraExport` writer: upstream's files in ``<folder>/upstream``."""
+    if export.spec is None or not export.tensors:
+        return []
+    out = export_upstream(
+        folder / "upstream",
+        export.tensors,
+        export.spec.rank,
+        export.spec.alpha,
+        drop_unsupported=drop_unsupported,
+    )
+    return [out / "lora_weights.pt", out / "lora_config.pt"]

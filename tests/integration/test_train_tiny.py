@@ -12,11 +12,14 @@ from helpers.tiny_latents import TinyDataModule, make_batch, tiny_module
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mova_train.callbacks.checkpointing import AtomicCheckpointIO, LoraExport, SigtermCheckpoint
+from mova_train.callbacks.checkpointing import AtomicCheckpointIO, SigtermCheckpoint
+from mova_train.callbacks.lora_export import LoraExport
 from mova_train.codecs.encoders import latents_from_cached
 from mova_train.lit.optim import warmup_cosine
 from mova_train.models import mova_tiny
-from mova_train.models.lora import LoraSpec, base_state_dict, load_lora
+from mova_train.models.lora import LoraSpec, base_state_dict
+from mova_train.models.lora_apply import load_lora
+from mova_train.models.lora_upstream import write_upstream
 
 LORA = LoraSpec(rank=4, alpha=4, preset="attn_ffn")
 
@@ -90,7 +93,7 @@ def test_losses_fall_on_fixed_batch(tmp_path):
 def test_only_trainable_change_and_checkpoint_is_small(tmp_path):
     mod = _module()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    export = LoraExport(tmp_path / "lora", every_n_steps=2, upstream=True)
+    export = LoraExport(tmp_path / "lora", every_n_steps=2, formats=["upstream"], writers={"upstream": write_upstream})
     _trainer(tmp_path, 2, [ckpt, export]).fit(mod, datamodule=TinyDataModule(seed=1))
     base = mova_tiny(seed=0)
     ref = base.state_dict()
@@ -119,6 +122,11 @@ def test_only_trainable_change_and_checkpoint_is_small(tmp_path):
     for n, p in fresh.named_parameters():
         if ".lora_" in n:
             assert torch.equal(p, mine[n])
+    # ... and with the fully fine-tuned bridge it was trained with (lora/components/dual_tower_bridge)
+    assert (tmp_path / "lora" / "components" / "dual_tower_bridge" / "config.json").is_file()
+    tuned = base_state_dict(fresh.dual_tower_bridge)
+    for k, v in base_state_dict(mod.model.dual_tower_bridge).items():
+        assert torch.equal(tuned[k], v), k
 
 
 def trainer_groups(mod):

@@ -148,3 +148,68 @@ def test_bad_config_names_the_file(folder):
     path.write_text(json.dumps({**data, "vae_type": "oobleck"}))
     with pytest.raises(CheckpointError, match=r"audio_dit/config.json.*oobleck"):
         load_component(folder, "audio_dit")
+
+
+def test_model_index_has_upstream_library_strings_and_loads_in_diffusers(folder):
+    from diffusers import DiffusionPipeline
+    from diffusers.pipelines.pipeline_loading_utils import _maybe_raise_warning_for_inpainting
+    from packaging import version
+
+    index = json.loads((folder / "model_index.json").read_text())
+    # mova_spec.md §1.2 (what diffusers' save_pretrained writes for upstream's MOVA pipeline)
+    assert index["video_dit"] == index["video_dit_2"] == ["mova.diffusion.models.wan_video_dit", "WanModel"]
+    assert index["audio_dit"] == ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"]
+    assert index["dual_tower_bridge"] == ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"]
+    assert index["_class_name"] == "MOVA" and index["boundary_ratio"] == 0.9
+    config = DiffusionPipeline.load_config(str(folder))  # diffusers' own model_index parsing
+    assert version.parse(config["_diffusers_version"]) >= version.parse("0.30")
+    _maybe_raise_warning_for_inpainting(DiffusionPipeline, str(folder), config)  # reads _diffusers_version
+    components = {k: v for k, v in config.items() if not k.startswith("_") and isinstance(v, list)}
+    assert set(components) >= {"video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge", "text_encoder"}
+    assert all(len(v) == 2 and all(isinstance(s, str) for s in v) for v in components.values())
+    sub = json.loads((folder / "video_dit" / "config.json").read_text())
+    assert sub["_class_name"] == "WanModel" and "_diffusers_version" in sub
+
+
+def test_model_index_merges_into_a_release_copy(folder, tiny):
+    release = {
+        "_class_name": "MOVA",
+        "_diffusers_version": "0.35.1",
+        "video_vae": ["diffusers", "AutoencoderKLWan"],
+        "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
+        "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
+        "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+        "boundary_ratio": 0.9,
+        "audio_vae_type": "dac",
+    }
+    (folder / "model_index.json").write_text(json.dumps(release))
+    save_dual_tower(tiny, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert {k: index[k] for k in release} == release  # nothing the release wrote was overwritten
+    assert index["video_dit_2"] == ["mova.diffusion.models.wan_video_dit", "WanModel"]
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="model_index.json is not valid JSON"):
+        save_dual_tower(tiny, folder)
+
+
+def test_component_override_loads_an_exported_component(tmp_path, tiny):
+    from mova_train.models.checkpoint import load_component_into
+
+    save_dual_tower(tiny, tmp_path / "release")
+    tuned = mova_tiny(seed=5)
+    save_component(tuned.dual_tower_bridge, tmp_path / "export", "dual_tower_bridge")
+    folder = tmp_path / "export" / "dual_tower_bridge"
+    loaded = load_dual_tower(
+        tmp_path / "release", dtype=torch.float32, components={"dual_tower_bridge": folder}
+    )
+    small = mova_tiny(components={"dual_tower_bridge": str(folder)})
+    for model in (loaded, small):
+        for k, v in tuned.dual_tower_bridge.state_dict().items():
+            assert torch.equal(model.dual_tower_bridge.state_dict()[k], v), k
+        assert torch.equal(
+            model.audio_dit.state_dict()["head.head.weight"], tiny.audio_dit.state_dict()["head.head.weight"]
+        )
+    with pytest.raises(CheckpointError, match="not loaded components"):
+        load_dual_tower(tmp_path / "release", components={"text_encoder": folder})
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_component_into(mova_tiny(num_layers=3).dual_tower_bridge, folder, "dual_tower_bridge")

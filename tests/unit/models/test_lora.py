@@ -15,13 +15,13 @@ from mova_train.models.lora import (
     base_fingerprint,
     base_state_dict,
     inject_lora,
-    load_lora,
     lora_state_dict,
     merge_lora,
-    save_lora,
     set_trainable,
     target_names,
 )
+from mova_train.models.lora_apply import load_lora
+from mova_train.models.lora_file import save_lora
 from mova_train.models.lora_upstream import export_upstream
 
 
@@ -103,6 +103,7 @@ def test_save_load_identical_outputs_and_strict(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta, keys = f.metadata(), list(f.keys())
     assert meta["rank"] == "4" and float(meta["alpha"]) == 8.0 and meta["base_fingerprint"] == "model:abc"
+    assert meta["format"] == "mova_lora/2" and len(meta["checksum"]) == 64
     assert json.loads(meta["targets"]) == spec.components
     assert "video_dit.blocks.0.self_attn.q.lora_A.weight" in keys and not any(".default" in k for k in keys)
     fresh = mova_tiny()
@@ -145,7 +146,7 @@ def test_export_upstream_same_tensors(tmp_path):
     inject_lora(model, spec)
     _randomize_lora(model)
     save_lora(tmp_path / "lora.safetensors", model, spec)
-    export_upstream(tmp_path / "up", model, spec)
+    export_upstream(tmp_path / "up", lora_state_dict(model), spec.rank, spec.alpha)
     weights = torch.load(tmp_path / "up" / "lora_weights.pt", weights_only=True)
     config = torch.load(tmp_path / "up" / "lora_config.pt", weights_only=True)
     assert config == {"rank": 4, "alpha": 8.0, "target_modules": list(spec.components)}
