@@ -20,7 +20,7 @@ from mova_train.utils.logging import RankedLogger
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
-__all__ = ["ConfigError", "build_module", "check_config", "model_report", "train"]
+__all__ = ["ConfigError", "build_module", "check_config", "lora_spec", "model_report", "train"]
 
 
 class ConfigError(ValueError):
@@ -61,7 +61,7 @@ def check_config(cfg: DictConfig) -> None:
             f"expert={expert} loads one video expert but objective.expert_mode={cfg.objective.expert_mode} "
             f"routes steps to both; drop the objective.expert_mode override (expert= sets it to single)"
         )
-    if cfg.lora is None and not cfg.module.get("full_finetune"):
+    if lora_spec(cfg) is None and not cfg.module.get("full_finetune"):
         raise ConfigError(
             "lora=none trains nothing: set module.full_finetune=[dual_tower_bridge] (or pick a lora)"
         )
@@ -109,9 +109,24 @@ def build_module(cfg: DictConfig, denoiser: torch.nn.Module | None = None) -> An
         objective=instantiate(cfg.objective, _convert_="all"),
         optimizer=instantiate(cfg.optimizer),
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        lora=instantiate(cfg.lora, _convert_="all") if cfg.get("lora") else None,
+        lora=lora_spec(cfg),
         encoders=encoders,
     )
+
+
+def lora_spec(cfg: DictConfig) -> Any:
+    """The run's `LoraSpec`, or None for `lora=none`.
+
+    A recipe that sets `lora.rank`/`lora.alpha` leaves those keys behind when the command line says `lora=none`
+    (the recipe is merged after the group choice): a `lora` node without `_target_` is that case, not a spec.
+    """
+    node = cfg.get("lora")
+    if not node:
+        return None
+    if "_target_" not in node:
+        log.info("lora=none: ignoring %s set by the recipe", sorted(node))
+        return None
+    return instantiate(node, _convert_="all")
 
 
 def _strategy_shape(cfg: DictConfig) -> dict[str, Any]:
@@ -156,7 +171,7 @@ def model_report(cfg: DictConfig) -> dict[str, float]:
     experts = tuple(n for n in ("video_dit", "video_dit_2") if getattr(model, n) is not None)
     tower = getattr(model, experts[0])
     config = MovaConfig(tower.config, model.audio_dit.config, model.dual_tower_bridge.config)
-    spec: LoraSpec | None = instantiate(cfg.lora, _convert_="all") if cfg.get("lora") else None
+    spec: LoraSpec | None = lora_spec(cfg)
     lora_targets = None
     if spec is not None:
         lora_targets = {

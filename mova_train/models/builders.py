@@ -114,23 +114,23 @@ def build_dual_tower(
         experts: which video experts to build (``("video_dit",)`` trains/samples with one expert only).
         device: ``"meta"`` builds without allocating memory (weights are then loaded with ``assign=True``).
         dtype: parameter dtype (the time MLPs stay float32).
-        seed: optional seed for a reproducible random init (component k is drawn from ``seed + k``, so a
-            one-expert model holds the same weights as the matching parts of the two-expert model).
+        seed: optional seed for a reproducible random init (a one-expert model then holds the same weights as
+            the matching parts of the two-expert model of that seed).
     """
     unknown = set(experts) - set(EXPERTS)
     if unknown or not experts:
         raise ValueError(f"experts must be a non-empty subset of {EXPERTS}, got {experts}")
-    def seeded(index: int, build):  # one seed per component: a one-expert model = a part of the two-expert one
-        if seed is not None:
-            torch.manual_seed(seed + index)
-        return build()
-
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.device(device):
+        # A seeded low-noise-only model draws (and drops) the high-noise expert too, so that its parts hold the
+        # same weights as in the two-expert model of that seed (LoRA files move between the two).
+        high = VideoDiT(config.video_dit) if "video_dit" in experts or seed is not None else None
         model = MovaDualTower(
-            video_dit=seeded(0, lambda: VideoDiT(config.video_dit)) if "video_dit" in experts else None,
-            audio_dit=seeded(2, lambda: AudioDiT(config.audio_dit)),
-            dual_tower_bridge=seeded(3, lambda: DualTowerBridge(config.dual_tower_bridge)),
-            video_dit_2=seeded(1, lambda: VideoDiT(config.video_dit)) if "video_dit_2" in experts else None,
+            video_dit=high if "video_dit" in experts else None,
+            audio_dit=AudioDiT(config.audio_dit),
+            dual_tower_bridge=DualTowerBridge(config.dual_tower_bridge),
+            video_dit_2=VideoDiT(config.video_dit) if "video_dit_2" in experts else None,
         )
     return cast_for_compute(model, dtype)
 

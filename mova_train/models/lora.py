@@ -36,6 +36,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mova_train.models.mova import COMPONENTS, EXPERTS
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -68,8 +70,6 @@ __all__ = [
     "trainable_state_dict",
 ]
 
-COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
-EXPERTS = ("video_dit", "video_dit_2")
 ADAPTER = "default"
 
 LORA_GROUPS = ("video", "audio", "bridge_a2v", "bridge_v2a")

@@ -80,17 +80,18 @@ class AdapterEntry:
     groups: dict[str, float] = field(default_factory=dict)
     alpha: float | None = None
     allow_other_base: bool = False
+    component: str | None = None
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any] | str | Path) -> AdapterEntry:
         """From a mapping or a bare path; unknown keys and groups are refused."""
         if isinstance(entry, (str, Path)):
             entry = {"path": entry}
-        unknown = set(entry) - {"path", "strength", "groups", "alpha", "allow_other_base"}
+        unknown = set(entry) - {"path", "strength", "groups", "alpha", "allow_other_base", "component"}
         if unknown or "path" not in entry:
             raise LoraError(
                 f"lora.adapters entry {dict(entry)}: unknown key(s) {sorted(unknown)} or no path; keys are path, "
-                f"strength, groups, alpha, allow_other_base"
+                f"strength, groups, alpha, allow_other_base, component"
             )
         groups: dict[str, float] = {}
         for name, value in dict(entry.get("groups") or {}).items():
@@ -103,6 +104,7 @@ class AdapterEntry:
             groups=groups,
             alpha=None if alpha is None else float(alpha),
             allow_other_base=bool(entry.get("allow_other_base", False)),
+            component=entry.get("component"),
         )
 
     def strength_of(self, module: str) -> float:
@@ -123,17 +125,34 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_adapter(entry: AdapterEntry) -> LoraWeights:
-    """Read the file of an entry: our safetensors, else upstream's ``.pt`` layouts."""
+def _is_ours(path: Path) -> bool:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return str((f.metadata() or {}).get("format", "")).startswith("mova_lora/")
+    except (SafetensorError, OSError):
+        return True  # unreadable: let our reader name the problem
+
+
+def read_adapter(entry: AdapterEntry, model: nn.Module | None = None) -> LoraWeights:
+    """Read the file of an entry: our safetensors, upstream's ``.pt`` layouts, else the other tools' formats
+    (``mova_train.models.lora_formats.read_foreign_lora``: DiffSynth, ComfyUI, kohya, PEFT)."""
     path = entry.path
     if not path.exists():
         raise LoraError(f"LoRA {path} does not exist; fix the path in lora.adapters")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and _is_ours(path):
         weights = read_lora(path)
         if entry.alpha is not None:
             weights.alphas = {m: entry.alpha for m in weights.modules}
         return weights
-    return read_upstream_lora(path, alpha=entry.alpha)
+    if path.suffix == ".pt" or (path / "lora_weights.pt").is_file():
+        return read_upstream_lora(path, alpha=entry.alpha)
+    try:
+        from mova_train.models.lora_formats import read_foreign_lora
+    except ImportError as err:
+        raise LoraError(f"{path}: neither a mova_train LoRA file nor an upstream LoRA folder") from err
+    return read_foreign_lora(path, model, component=entry.component, alpha=entry.alpha)
 
 
 @dataclass
@@ -158,9 +177,9 @@ def _select(model: nn.Module, entry: AdapterEntry, weights: LoraWeights) -> _Par
     keep = []
     for m in weights.modules:
         comp = m.partition(".")[0]
+        if comp in EXPERTS and (comp not in loaded or comp not in weights.trained_experts):
+            continue  # an expert the model lacks, or one the run held but never trained (B = 0)
         if getattr(model, comp, None) is None:
-            if comp in EXPERTS:
-                continue
             raise LoraError(f"{weights.source}: has LoRA for {comp!r}, which this model does not hold")
         if entry.strength_of(m) != 0.0:
             keep.append(m)
@@ -275,7 +294,7 @@ def apply_loras(
     fingerprints = component_fingerprints(model)
     parts = []
     for entry in entries:
-        weights = read_adapter(entry)
+        weights = read_adapter(entry, model)
         check_base(weights, fingerprints, entry.allow_other_base)
         parts.append(_select(model, entry, weights))
     _find_pairs(parts)
@@ -333,13 +352,7 @@ def load_lora(path: str | Path, model: nn.Module, strength: float = 1.0, **entry
     weights = read_lora(path)
     meta = weights.meta
     assert meta is not None
-    spec = LoraSpec(
-        rank=meta.rank,
-        alpha=meta.alpha,
-        dropout=meta.dropout,
-        components=meta.targets or None,
-        preset=None if meta.targets else "upstream",
-    )
+    spec = meta.spec()
     if not any(True for _ in lora_layers(model)):
         apply_loras(model, [{"path": path, "strength": strength, **entry}])
         return spec

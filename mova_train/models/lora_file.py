@@ -116,6 +116,10 @@ class LoraMeta:
         "full_finetune",
     )
 
+    def spec(self) -> LoraSpec:
+        """The spec of the file: rank, alpha, dropout and the targets it holds."""
+        return LoraSpec(rank=self.rank, alpha=self.alpha, dropout=self.dropout, components=self.targets)
+
     def to_metadata(self) -> dict[str, str]:
         """The safetensors metadata (strings)."""
         out: dict[str, str] = {}
@@ -392,8 +396,7 @@ def read_lora_metadata(path: str | Path) -> tuple[LoraSpec, dict[str, str]]:
     assert meta is not None
     with safe_open(str(path), framework="pt") as f:
         raw = f.metadata() or {}
-    spec = LoraSpec(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout, components=meta.targets)
-    return spec, raw
+    return meta.spec(), raw
 
 
 # ------------------------------------------------------------------------------------------------ warm start

@@ -93,7 +93,9 @@ def test_losses_fall_on_fixed_batch(tmp_path):
 def test_only_trainable_change_and_checkpoint_is_small(tmp_path):
     mod = _module()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    export = LoraExport(tmp_path / "lora", every_n_steps=2, formats=["upstream"], writers={"upstream": write_upstream})
+    export = LoraExport(
+        tmp_path / "lora", every_n_steps=2, formats=["upstream"], writers={"upstream": write_upstream}
+    )
     _trainer(tmp_path, 2, [ckpt, export]).fit(mod, datamodule=TinyDataModule(seed=1))
     base = mova_tiny(seed=0)
     ref = base.state_dict()
