@@ -29,21 +29,12 @@ ALL_FORMATS = (*FORMATS, "merged")
 
 
 def read_native(path: Path) -> tuple[dict, dict[str, float], int]:
-    """(tensors, module -> alpha, rank) of one of our LoRA files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """(tensors, module -> alpha, rank) of one of our LoRA files (checksum verified)."""
+    from mova_train.models.lora_file import read_lora
 
-    from mova_train.models.lora import read_lora_metadata
-    from mova_train.models.lora_formats import split_modules
-
-    try:
-        spec, _ = read_lora_metadata(path)
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as err:
-        raise LoraError(
-            f"{path}: not a readable lora.safetensors ({err}); give the file written by training"
-        ) from err
-    return tensors, {m: spec.alpha for m in split_modules(tensors, str(path))}, spec.rank
+    weights = read_lora(path)
+    assert weights.meta is not None
+    return weights.tensors, weights.alphas, weights.meta.rank
 
 
 def fused_layers(checkpoint: Path | None, given: int | None) -> int:

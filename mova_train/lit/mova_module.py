@@ -158,9 +158,7 @@ class MovaLitModule(LightningModule):
         self._fingerprint = base_fingerprint(self.base_fingerprints)
         if self.lora is not None:
             inject_lora(model, self.lora)
-            if (
-                self.lora.init_from
-            ):  # the second run of a two-expert workflow (mova_train/models/lora_file.py)
+            if self.lora.init_from:  # e.g. the second expert's run from the first one's file
                 warm_start_lora(model, self.lora, self.base_fingerprints)
         set_trainable(model, self.lora, self.full_finetune)
         self.trainable_names = [f"model.{n}" for n, p in model.named_parameters() if p.requires_grad]

@@ -36,6 +36,7 @@ from mova_train.models.video_tower import VideoDiT
 
 __all__ = [
     "COMPONENTS",
+    "RELEASE_LIBRARIES",
     "CheckpointError",
     "diffusers_version",
     "load_component",
@@ -59,36 +60,37 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """How to build one component from its ``config.json``, and how the release's ``model_index.json`` names it
-    (``[library, class_name]``, mova_spec.md §1.2: diffusers writes the defining module of custom classes)."""
+    """How to build one component from its ``config.json``."""
 
     class_name: str
     config_cls: type
     module_cls: type
-    library: str
 
 
 COMPONENTS: dict[str, ComponentSpec] = {
-    "video_dit": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT, "mova.diffusion.models.wan_video_dit"),
-    "video_dit_2": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT, "mova.diffusion.models.wan_video_dit"),
-    "audio_dit": ComponentSpec(
-        "WanAudioModel", AudioDiTConfig, AudioDiT, "mova.diffusion.models.wan_audio_dit"
-    ),
-    "dual_tower_bridge": ComponentSpec(
-        "DualTowerConditionalBridge", BridgeConfig, DualTowerBridge, "mova.diffusion.models.interactionv2"
-    ),
-    "audio_vae": ComponentSpec("DAC", DACConfig, DAC, "mova.diffusion.models.dac_vae"),
-    "video_vae": ComponentSpec("AutoencoderKLWan", VideoVAEConfig, WanVideoVAE, "diffusers"),
+    "video_dit": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT),
+    "video_dit_2": ComponentSpec("WanModel", VideoDiTConfig, VideoDiT),
+    "audio_dit": ComponentSpec("WanAudioModel", AudioDiTConfig, AudioDiT),
+    "dual_tower_bridge": ComponentSpec("DualTowerConditionalBridge", BridgeConfig, DualTowerBridge),
+    "audio_vae": ComponentSpec("DAC", DACConfig, DAC),
+    "video_vae": ComponentSpec("AutoencoderKLWan", VideoVAEConfig, WanVideoVAE),
 }
-PIPELINE_ENTRIES: dict[str, Any] = {
-    "_class_name": "MOVA",
+
+RELEASE_LIBRARIES: dict[str, list[str]] = {
+    "video_vae": ["diffusers", "AutoencoderKLWan"],
+    "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
     "text_encoder": ["transformers", "UMT5EncoderModel"],
     "tokenizer": ["transformers", "T5TokenizerFast"],
     "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
-    "audio_vae_type": "dac",
-    "boundary_ratio": 0.9,
+    "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+    "video_dit_2": ["mova.diffusion.models.wan_video_dit", "WanModel"],
+    "audio_dit": ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"],
+    "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
 }
-"""The other ``model_index.json`` entries of the release (written only where a file lacks them)."""
+"""``model_index.json`` ``[library, class]`` entries of the release (upstream's ``save_pretrained`` writes the
+defining module of custom classes; mova_spec.md §1.2). diffusers and SGLang resolve components through them."""
+PIPELINE_ENTRIES: dict[str, Any] = {"_class_name": "MOVA", "audio_vae_type": "dac", "boundary_ratio": 0.9}
+"""The release's other ``model_index.json`` entries."""
 
 
 def _spec(name: str) -> ComponentSpec:
@@ -412,9 +414,11 @@ def write_model_index(root: str | Path, names: Iterable[str]) -> Path:
     for key, value in PIPELINE_ENTRIES.items():
         index.setdefault(key, value)
     index.setdefault("_diffusers_version", diffusers_version())
+    for name, entry in RELEASE_LIBRARIES.items():  # the other components of a release copy, if present
+        if (Path(root) / name).is_dir():
+            index.setdefault(name, list(entry))
     for name in names:
-        spec = _spec(name)
-        index[name] = [spec.library, spec.class_name]
+        index[name] = list(RELEASE_LIBRARIES[name])
     tmp = index_path.with_name(index_path.name + ".tmp")
     tmp.write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, index_path)

@@ -324,15 +324,6 @@ def inject_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
     return wrapped
 
 
-def injected_targets(model: nn.Module) -> dict[str, list[str]]:
-    """Per component, the paths (relative to it) that hold LoRA layers now."""
-    out: dict[str, list[str]] = {}
-    for name, _ in lora_layers(model):
-        comp, _, rest = name.partition(".")
-        out.setdefault(comp, []).append(rest)
-    return out
-
-
 def set_trainable(
     model: nn.Module, spec: LoraSpec | None = None, full_finetune_components: Sequence[str] = ()
 ) -> list[str]:

@@ -152,7 +152,8 @@ def read_adapter(entry: AdapterEntry, model: nn.Module | None = None) -> LoraWei
         from mova_train.models.lora_formats import read_foreign_lora
     except ImportError as err:
         raise LoraError(f"{path}: neither a mova_train LoRA file nor an upstream LoRA folder") from err
-    return read_foreign_lora(path, model, component=entry.component, alpha=entry.alpha)
+    tensors, alphas, fmt = read_foreign_lora(path, model, component=entry.component, alpha=entry.alpha)
+    return LoraWeights(tensors, alphas, path, fmt)
 
 
 @dataclass

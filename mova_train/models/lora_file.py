@@ -225,19 +225,6 @@ class LoraExportData:
     components: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     component_configs: dict[str, Any] = field(default_factory=dict)
 
-    def weights(self, source: Path) -> LoraWeights:
-        """The LoRA as a :class:`LoraWeights` (uniform alpha)."""
-        assert self.spec is not None and self.meta is not None
-        mods = dict.fromkeys(module_of(k) for k in self.tensors)
-        return LoraWeights(
-            dict(self.tensors),
-            {m: self.spec.alpha for m in mods},
-            source,
-            "mova_lora",
-            self.spec.dropout,
-            self.meta,
-        )
-
 
 # ------------------------------------------------------------------------------------------------ writing
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from mova_train.models.checkpoint import CheckpointError
+from mova_train.models.checkpoint import RELEASE_LIBRARIES, CheckpointError
 from mova_train.models.lora_formats import split_modules
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,6 @@ __all__ = [
     "release_folder_problems",
 ]
 
-RELEASE_LIBRARIES: dict[str, list[str]] = {
-    "video_vae": ["diffusers", "AutoencoderKLWan"],
-    "audio_vae": ["mova.diffusion.models.dac_vae", "DAC"],
-    "text_encoder": ["transformers", "UMT5EncoderModel"],
-    "tokenizer": ["transformers", "T5TokenizerFast"],
-    "scheduler": ["mova.diffusion.schedulers.flow_match_pair", "FlowMatchPairScheduler"],
-    "video_dit": ["mova.diffusion.models.wan_video_dit", "WanModel"],
-    "video_dit_2": ["mova.diffusion.models.wan_video_dit", "WanModel"],
-    "audio_dit": ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"],
-    "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
-}
-"""``model_index.json`` entries of the release (upstream's ``save_pretrained``; mova_spec.md §1.2)."""
 PIPELINE_COMPONENTS = tuple(RELEASE_LIBRARIES)
 """SGLang's ``MOVAPipeline._required_config_modules``."""
 PIPELINE_CLASSES = ("MOVA", "MOVAPipeline")

@@ -19,7 +19,7 @@ from helpers.lora_exports import lora_model, max_diff, random_lora, reference_me
 from safetensors import safe_open
 
 from mova_train.models.checkpoint import load_component
-from mova_train.models.lora import save_lora
+from mova_train.models.lora_file import save_lora
 from mova_train.models.lora_formats import read_foreign_lora
 from mova_train.models.release_folder import release_folder_problems
 
