@@ -165,7 +165,12 @@ def test_model_index_has_upstream_library_strings_and_loads_in_diffusers(folder)
     assert version.parse(config["_diffusers_version"]) >= version.parse("0.30")
     _maybe_raise_warning_for_inpainting(DiffusionPipeline, str(folder), config)  # reads _diffusers_version
     components = {k: v for k, v in config.items() if not k.startswith("_") and isinstance(v, list)}
-    assert set(components) == {"video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"}  # what the folder has
+    assert set(components) == {
+        "video_dit",
+        "video_dit_2",
+        "audio_dit",
+        "dual_tower_bridge",
+    }  # what the folder has
     assert all(len(v) == 2 and all(isinstance(s, str) for s in v) for v in components.values())
     sub = json.loads((folder / "video_dit" / "config.json").read_text())
     assert sub["_class_name"] == "WanModel" and "_diffusers_version" in sub
