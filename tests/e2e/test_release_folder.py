@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from mova_train.models.release_folder import release_folder_problems
+
 pytestmark = pytest.mark.e2e
 
 COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge", "audio_vae", "video_vae")
@@ -31,6 +33,8 @@ def test_layout_and_configs(release: Path, golden_dir: Path) -> None:
     assert (
         json.loads((release / "video_dit" / "config.json").read_text())["dim"] == golden["video_dit"]["dim"]
     )
+    # the rules SGLang and upstream's pipeline check, as mova_train writes them down (written independently here)
+    assert release_folder_problems(release) == []
 
 
 @pytest.mark.parametrize("name", ["video_dit", "video_dit_2"])
