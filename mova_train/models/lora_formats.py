@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from mova_train.models.lora import LoraError
+from mova_train.models.lora_file import LoraExportData, LoraWeights
 from mova_train.models.mova import COMPONENTS, EXPERTS
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ __all__ = [
     "RELEASE_FUSED_LAYERS",
     "export_files",
     "fused_layers_of",
+    "is_foreign",
     "linear_targets",
     "map_foreign",
     "native_from_prism",
@@ -59,6 +61,7 @@ __all__ = [
     "read_foreign_lora",
     "split_modules",
     "write_export",
+    "write_format",
 ]
 
 FORMATS = ("diffsynth", "comfyui", "comfyui_wan")
@@ -295,6 +298,24 @@ def write_export(
     return written
 
 
+def write_format(
+    folder: Path, export: LoraExportData, fmt: str, fused_layers: int = RELEASE_FUSED_LAYERS
+) -> list[Path]:
+    """``LoraExport`` writer: the run's LoRA in format ``fmt`` into ``<folder>/<fmt>/``.
+
+    Args:
+        folder: the export folder (``lora.safetensors`` is there).
+        export: what the run exports.
+        fmt: one of :data:`FORMATS`.
+        fused_layers: Prism's fusion-block count (``comfyui``): ``min(video, audio layers)`` of the model, 30 for
+            the release (a model whose towers have equal depth maps the same with any value >= that depth).
+    """
+    if export.spec is None or not export.tensors:
+        return []
+    alphas = {m: export.spec.alpha for m in split_modules(export.tensors)}
+    return write_export(export.tensors, alphas, fmt, folder / fmt, fused_layers)
+
+
 # ------------------------------------------------------------------------------------------------ import
 
 
@@ -441,6 +462,20 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise LoraError(f"{path}: cannot be read as a safetensors LoRA file ({err})") from err
 
 
+def is_foreign(path: str | Path) -> bool:
+    """Whether ``path`` is a readable ``.safetensors`` that is not one of ours (no ``mova_lora/*`` metadata).
+
+    An unreadable file is not foreign: our reader reports it (truncated or corrupted).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return not str((f.metadata() or {}).get("format", "")).startswith("mova_lora/")
+    except (SafetensorError, OSError):
+        return False
+
+
 def _guess_format(keys: Sequence[str]) -> str:
     if any(k.startswith("base_model.model.") for k in keys):
         return "peft"
@@ -480,21 +515,22 @@ def read_foreign_file(
 
 def read_foreign_lora(
     path: str | Path, model: nn.Module, component: str | None = None, alpha: float | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, float], str]:
+) -> LoraWeights:
     """Read a foreign LoRA file, or a folder of ``<component>.safetensors`` files, for ``model``.
 
     A folder is what the ``diffsynth`` and ``comfyui_wan`` exports write: each file's component comes from its
     name (``video_dit_2.safetensors``), else from its metadata or ``component``.
 
     Returns:
-        (tensors in our key layout, module path -> alpha, format name).
+        the LoRA in our key layout (``format``: ``diffsynth``, ``comfyui``, ``comfyui_wan``, ``kohya``, ``peft``).
 
     Raises:
         LoraError: see :func:`map_foreign`; two files of a folder with the same module.
     """
     path = Path(path)
     if not path.is_dir():
-        return read_foreign_file(path, model, component, alpha)
+        tensors, alphas, fmt = read_foreign_file(path, model, component, alpha)
+        return LoraWeights(tensors, alphas, path, fmt)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise LoraError(
@@ -503,6 +539,11 @@ def read_foreign_lora(
     tensors: dict[str, torch.Tensor] = {}
     alphas: dict[str, float] = {}
     formats = set()
+    ours = [f.name for f in files if not is_foreign(f)]
+    if ours:
+        raise LoraError(
+            f"{path}: holds {ours}, written by mova_train; give the file itself as the adapter path"
+        )
     for f in files:
         part, part_alphas, fmt = read_foreign_file(
             f, model, f.stem if f.stem in COMPONENTS else component, alpha
@@ -515,4 +556,4 @@ def read_foreign_lora(
         tensors.update(part)
         alphas.update(part_alphas)
         formats.add(fmt)
-    return tensors, alphas, "+".join(sorted(formats))
+    return LoraWeights(tensors, alphas, path, "+".join(sorted(formats)))

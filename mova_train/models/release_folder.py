@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 
 from mova_train.models.checkpoint import RELEASE_LIBRARIES, CheckpointError
+from mova_train.models.lora_file import LoraExportData
 from mova_train.models.lora_formats import split_modules
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ __all__ = [
     "export_merged",
     "merged_weight",
     "release_folder_problems",
+    "write_merged",
 ]
 
 PIPELINE_COMPONENTS = tuple(RELEASE_LIBRARIES)
@@ -209,32 +211,86 @@ def _patch(path: Path, merged: Mapping[str, torch.Tensor]) -> None:
             fh.write(data)
 
 
+def _component_files(base: Path, comp: str) -> dict[str, Path]:
+    files = _weight_files(base / comp)
+    if not files:
+        raise CheckpointError(f"merged export: {base / comp} holds no safetensors weights")
+    return files
+
+
+def _plan(
+    base: Path,
+    pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    replaced: Mapping[str, Mapping[str, torch.Tensor]],
+) -> dict[Path, list[str]]:
+    """Base weight file -> the keys to rewrite; every key and shape checked against ``base``."""
+    plan: dict[Path, list[str]] = {}
+    for comp, state in replaced.items():
+        files = _component_files(base, comp)
+        if set(state) != set(files):
+            missing, extra = sorted(set(files) - set(state)), sorted(set(state) - set(files))
+            raise CheckpointError(
+                f"merged export: the {comp} weights do not match {base / comp}: missing {missing[:3]}, "
+                f"unexpected {extra[:3]}"
+            )
+        for key, tensor in state.items():
+            with safe_open(str(files[key]), framework="pt") as f:
+                shape = list(f.get_slice(key).get_shape())
+            if shape != list(tensor.shape):
+                raise CheckpointError(
+                    f"merged export: {base / comp}: {key} has shape {shape}, the {comp} weights {list(tensor.shape)}"
+                )
+            plan.setdefault(files[key], []).append(key)
+    by_comp: dict[str, dict[str, Path]] = {}
+    for module, (a, b) in pairs.items():
+        comp, _, path = module.partition(".")
+        files = by_comp.setdefault(comp, _component_files(base, comp))
+        key = f"{path}.weight"
+        if key not in files:
+            raise CheckpointError(
+                f"merged export: {base / comp} has no weight {key!r} for the LoRA module {module}"
+            )
+        with safe_open(str(files[key]), framework="pt") as f:
+            shape = list(f.get_slice(key).get_shape())
+        if shape != [b.shape[0], a.shape[1]]:
+            raise CheckpointError(
+                f"merged export: {base / comp}: {key} has shape {shape}, the LoRA module {module} makes "
+                f"{[b.shape[0], a.shape[1]]}; is this the base the LoRA was trained on?"
+            )
+        if key not in plan.get(files[key], []):
+            plan.setdefault(files[key], []).append(key)
+    return plan
+
+
 def export_merged(
     tensors: Mapping[str, torch.Tensor],
     alphas: Mapping[str, float],
     base: str | Path,
     out: str | Path,
     strength: float = 1.0,
+    components: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     copy: bool = False,
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``out``: the release folder ``base`` with the LoRA merged into the components it touches.
+    """Write ``out``: the release folder ``base`` with fully fine-tuned components and the LoRA merged in.
 
     Args:
-        tensors: the LoRA in our key layout.
+        tensors: the LoRA in our key layout (may be empty when ``components`` are given).
         alphas: module path -> alpha.
         base: a complete release folder (:func:`release_folder_problems` finds nothing).
         out: the folder to create (must not exist or be empty).
         strength: multiplies every module's ``alpha / r``.
+        components: fully fine-tuned component -> its whole state dict (release key names); it replaces the base's
+            weights (and the LoRA, if it has layers there, is merged on top).
         copy: copy the untouched files instead of hard-linking them.
-        provenance: recorded in ``out/mova_lora_merge.json`` (e.g. the LoRA file and its checksum).
+        provenance: recorded in ``out/mova_lora_merge.json`` (e.g. the LoRA file).
 
     Returns:
         ``out``.
 
     Raises:
-        CheckpointError: ``base`` is not a complete release folder, ``out`` is not empty, or a LoRA module has no
-            weight of matching shape in ``base`` (all checked before anything is written).
+        CheckpointError: ``base`` is not a complete release folder, ``out`` is not empty, nothing to merge, or a
+            LoRA module / component weight without a base weight of the same shape (checked before writing).
     """
     base, out = Path(base), Path(out)
     problems = release_folder_problems(base)
@@ -247,48 +303,62 @@ def export_merged(
         raise CheckpointError(f"merged export: {out} is not empty; give a new folder")
     if out.resolve() == base.resolve() or base.resolve() in out.resolve().parents:
         raise CheckpointError(f"merged export: {out} is inside the base {base}; give a folder outside it")
-    pairs = split_modules(tensors)
-    plan: dict[Path, dict[str, tuple[str, float]]] = {}  # base file -> weight key -> (module, scale)
-    for comp in dict.fromkeys(m.partition(".")[0] for m in pairs):
-        files = _weight_files(base / comp)
-        for module, (a, b) in pairs.items():
-            owner, _, path = module.partition(".")
-            if owner != comp:
-                continue
-            key = f"{path}.weight"
-            if key not in files:
-                raise CheckpointError(
-                    f"merged export: {base / comp} has no weight {key!r} for the LoRA module {module}"
-                )
-            with safe_open(str(files[key]), framework="pt") as f:
-                shape = list(f.get_slice(key).get_shape())
-            if shape != [b.shape[0], a.shape[1]]:
-                raise CheckpointError(
-                    f"merged export: {base / comp}: {key} has shape {shape}, the LoRA module {module} makes "
-                    f"{[b.shape[0], a.shape[1]]}; is this the base the LoRA was trained on?"
-                )
-            plan.setdefault(files[key], {})[key] = (module, strength * alphas[module] / a.shape[0])
+    pairs = split_modules(tensors) if tensors else {}
+    replaced = dict(components or {})
+    if not pairs and not replaced:
+        raise CheckpointError("merged export: neither LoRA tensors nor fully fine-tuned components to merge")
+    plan = _plan(base, pairs, replaced)
     out.mkdir(parents=True, exist_ok=True)
     for src in sorted(p for p in base.rglob("*") if p.is_file()):
         dst = out / src.relative_to(base)
         if src not in plan:
             _link_or_copy(src, dst, copy)
             continue
+        comp = src.relative_to(base).parts[0]
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.copyfile(src, tmp)
         with safe_open(str(src), framework="pt") as f:
-            for key, (module, scale) in plan[src].items():
-                a, b = pairs[module]
-                _patch(tmp, {key: merged_weight(f.get_tensor(key), a, b, scale)})
+            for key in plan[src]:
+                stored = f.get_tensor(key)
+                weight = replaced[comp][key] if comp in replaced else stored
+                module = f"{comp}.{key.removesuffix('.weight')}"
+                if module in pairs:
+                    a, b = pairs[module]
+                    weight = merged_weight(weight, a, b, strength * alphas[module] / a.shape[0])
+                _patch(tmp, {key: weight.to(stored.dtype)})
         os.replace(tmp, dst)
     record = {
         "strength": strength,
-        "modules": len(pairs),
-        "components": sorted({m.partition(".")[0] for m in pairs}),
+        "lora_modules": len(pairs),
+        "lora_components": sorted({m.partition(".")[0] for m in pairs}),
+        "full_finetune": sorted(replaced),
     }
     (out / "mova_lora_merge.json").write_text(
         json.dumps({**record, **dict(provenance or {})}, indent=2) + "\n"
     )
     check_release_folder(out)
-    log.info("merged %d LoRA modules into %s (base %s)", len(pairs), out, base)
+    log.info(
+        "merged into %s (base %s): %d LoRA modules, components %s", out, base, len(pairs), sorted(replaced)
+    )
     return out
+
+
+def write_merged(folder: Path, export: LoraExportData, checkpoint: str | Path | None = None) -> list[Path]:
+    """``LoraExport`` writer: ``<folder>/merged/``, the release ``checkpoint`` with the run's weights merged in.
+
+    Each export replaces the previous ``merged/`` (written to ``merged.tmp/`` first).
+    """
+    if checkpoint is None:
+        raise CheckpointError(
+            "callbacks.lora_export.writers.merged: no checkpoint (the release folder the run trained on); set "
+            "callbacks.lora_export.writers.merged.checkpoint=<release folder>"
+        )
+    if (export.spec is None or not export.tensors) and not export.components:
+        return []
+    alphas = {m: export.spec.alpha for m in split_modules(export.tensors)} if export.tensors else {}
+    out, tmp = folder / "merged", folder / "merged.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_merged(export.tensors, alphas, checkpoint, tmp, components=export.components)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return [out]

@@ -19,8 +19,9 @@ from helpers.lora_exports import lora_model, max_diff, random_lora, reference_me
 from safetensors import safe_open
 
 from mova_train.models.checkpoint import load_component
-from mova_train.models.lora_file import save_lora
+from mova_train.models.lora_file import LoraExportData, save_lora
 from mova_train.models.lora_formats import read_foreign_lora
+from mova_train.models.lora_upstream import read_upstream_lora
 from mova_train.models.release_folder import release_folder_problems
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,7 @@ COMMANDS = [
     f"python -m mova_train.export_lora {LORA} --format diffsynth --out exports/diffsynth",
     f"python -m mova_train.export_lora {LORA} --format comfyui --out exports/comfyui --checkpoint MOVA-360p",
     f"python -m mova_train.export_lora {LORA} --format comfyui_wan --out exports/comfyui_wan",
+    f"python -m mova_train.export_lora {LORA} --format upstream --out exports/upstream",
     f"python -m mova_train.export_lora {LORA} --format merged --out exports/merged --checkpoint MOVA-360p",
 ]
 
@@ -85,9 +87,13 @@ def test_exports_load_back_to_the_same_lora(exported):
         ("exports/comfyui/mova_prism.safetensors", tensors),
         ("exports/comfyui_wan", {k: v for k, v in tensors.items() if k.startswith("video_dit")}),
     ]:
-        back, back_alphas, _ = read_foreign_lora(root / source, base)
+        read = read_foreign_lora(root / source, base)
+        back, back_alphas = read.tensors, read.alphas
         assert back.keys() == expected.keys() and set(back_alphas.values()) == {6.0}, source
         assert all(torch.equal(back[k], expected[k]) for k in expected), source
+    upstream = read_upstream_lora(root / "exports/upstream")
+    assert upstream.tensors.keys() == tensors.keys() and set(upstream.alphas.values()) == {6.0}
+    assert all(torch.equal(upstream.tensors[k], tensors[k]) for k in tensors)
     with safe_open(str(root / "exports/comfyui/mova_prism.safetensors"), framework="pt") as f:
         assert f.metadata()["mova_train.fused_layers"] == "2"  # read from MOVA-360p (3 video, 2 audio blocks)
         assert any(k.startswith("diffusion_model.remaining_video_blocks.0.") for k in f.keys())
@@ -115,3 +121,32 @@ def test_bad_invocations_name_the_fix(exported, tmp_path):
         root,
     )
     assert done.returncode != 0 and "model_index.json" in done.stderr
+
+
+def test_lora_export_writers_of_the_default_config_write_every_format(tmp_path):
+    """``callbacks.lora_export.formats=[...]``: the writers of conf/callbacks/default.yaml, called as LoraExport does."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    base, tensors, alphas = random_lora(4, 6.0)
+    trained = lora_model(base, tensors, alphas)
+    conf = OmegaConf.load(README.parent / "conf" / "callbacks" / "default.yaml").lora_export.writers
+    conf.merged.checkpoint = str(write_tiny_release(tmp_path / "MOVA-360p", base))
+    conf.comfyui.fused_layers = 2
+    writers = {name: instantiate(node) for name, node in conf.items()}
+    export = LoraExportData(tensors, trained.lora_spec, None)
+    written = {name: writer(tmp_path / "lora", export) for name, writer in writers.items()}
+    assert sorted(written) == ["comfyui", "comfyui_wan", "diffsynth", "merged", "upstream"]
+    assert (tmp_path / "lora/comfyui/mova_prism.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "lora/diffsynth").iterdir()) == [
+        "audio_dit.safetensors",
+        "dual_tower_bridge.safetensors",
+        "video_dit.safetensors",
+        "video_dit_2.safetensors",
+    ]
+    assert release_folder_problems(tmp_path / "lora/merged") == []
+    writers["merged"](tmp_path / "lora", export)  # a later export replaces merged/
+    assert (
+        not (tmp_path / "lora/merged.tmp").exists()
+        and release_folder_problems(tmp_path / "lora/merged") == []
+    )

@@ -20,12 +20,14 @@ import re
 
 import pytest
 import torch
-from helpers.lora_exports import max_diff, peft_merged, random_lora, reference_merged, tiny_model
+from helpers.lora_exports import lora_model, max_diff, peft_merged, random_lora, reference_merged, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mova_train.models.lora import LoraError
+from mova_train.models.lora import LoraError, base_state_dict
+from mova_train.models.lora_apply import apply_loras
+from mova_train.models.lora_file import save_lora
 from mova_train.models.lora_formats import (
     PRISM_FILE,
     export_files,
@@ -79,7 +81,8 @@ def test_round_trip_through_our_importer_is_exact(tmp_path, fmt, rank, alpha):
     base, tensors, alphas = random_lora(rank, alpha)
     written = write_export(tensors, alphas, fmt, tmp_path, fused_layers=fused_layers_of(base))
     source = tmp_path / PRISM_FILE if fmt == "comfyui" else tmp_path
-    back, back_alphas, detected = read_foreign_lora(source, base)
+    read = read_foreign_lora(source, base)
+    back, back_alphas, detected = read.tensors, read.alphas, read.format
     reference = reference_merged(rank, alpha)
     if fmt == "comfyui_wan":  # a Wan model takes the video experts only
         assert sorted(p.name for p in written) == ["video_dit.safetensors", "video_dit_2.safetensors"]
@@ -108,7 +111,7 @@ def test_non_float32_alpha_is_stored_exactly(tmp_path):
     base, tensors, _ = random_lora(4, 4.0)
     alphas = {m: 0.1 for m in split_modules(tensors)}  # not a float32 number
     write_export(tensors, alphas, "comfyui", tmp_path, fused_layers=fused_layers_of(base))
-    assert read_foreign_lora(tmp_path / PRISM_FILE, base)[1] == alphas
+    assert read_foreign_lora(tmp_path / PRISM_FILE, base).alphas == alphas
 
 
 # ------------------------------------------------------------------------------------------------ DiffSynth
@@ -341,7 +344,8 @@ def test_kohya_underscored_and_peft_files_import(tmp_path):
     with pytest.raises(LoraError, match="without its adapter_config.json has no alpha"):
         read_foreign_lora(tmp_path / "adapter_model.safetensors", base)
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "peft_type": "LORA"}))
-    back, back_alphas, fmt = read_foreign_lora(tmp_path / "adapter_model.safetensors", base)
+    read = read_foreign_lora(tmp_path / "adapter_model.safetensors", base)
+    back, back_alphas, fmt = read.tensors, read.alphas, read.format
     assert fmt == "peft" and back_alphas == alphas
     assert all(torch.equal(back[k], tensors[k]) for k in tensors)
 
@@ -358,9 +362,8 @@ def test_diffsynth_training_files_with_default_adapter_keys_need_their_component
     save_file(own, str(tmp_path / "epoch-4.safetensors"))
     with pytest.raises(LoraError, match="carry no component"):
         read_foreign_lora(tmp_path / "epoch-4.safetensors", base)
-    back, back_alphas, fmt = read_foreign_lora(
-        tmp_path / "epoch-4.safetensors", base, component="video_dit_2"
-    )
+    read = read_foreign_lora(tmp_path / "epoch-4.safetensors", base, component="video_dit_2")
+    back, back_alphas, fmt = read.tensors, read.alphas, read.format
     assert fmt == "diffsynth" and set(back_alphas.values()) == {4.0}
     assert back.keys() == {k for k in tensors if k.startswith("video_dit_2.")}
 
@@ -399,3 +402,44 @@ def test_export_metadata_names_format_and_component(tmp_path):
         keys = list(f.keys())
     assert meta["mova_train.format"] == "comfyui_wan" and meta["mova_train.component"] == "video_dit_2"
     assert all(re.match(r"diffusion_model\.blocks\.\d+\.", k) for k in keys)
+
+
+# ------------------------------------------------------------------------------------------------ predict adapters
+
+
+@pytest.mark.parametrize("fmt", ["diffsynth", "comfyui", "comfyui_wan"])
+def test_predict_adapters_take_exported_files_like_the_native_one(tmp_path, fmt):
+    base, tensors, alphas = random_lora(4, 6.0)
+    trained = lora_model(base, tensors, alphas)
+    native = save_lora(tmp_path / "lora.safetensors", trained, trained.lora_spec)
+    write_export(tensors, alphas, fmt, tmp_path / fmt, fused_layers=fused_layers_of(base))
+    source = tmp_path / fmt / PRISM_FILE if fmt == "comfyui" else tmp_path / fmt
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    apply_loras(ours, [{"path": str(native)}], merge=True)
+    (info,) = apply_loras(theirs, [{"path": str(source), "strength": 1.0}], merge=True)
+    assert info["format"] == fmt and info["rank"] == 4 and info["alpha"] == 6.0
+    expected = base_state_dict(ours)
+    if fmt == "comfyui_wan":  # video experts only
+        video = {k: v for k, v in tensors.items() if k.startswith("video_dit")}
+        expected = peft_merged(base, video, {m: 6.0 for m in split_modules(video)})
+    assert max_diff(base_state_dict(theirs), expected) == 0.0
+
+
+def test_predict_adapter_entry_names_the_component_of_a_component_less_file(tmp_path):
+    base, tensors, _ = random_lora(4, 4.0)
+    expert = {k: v for k, v in tensors.items() if k.startswith("video_dit_2.")}
+    save_file(
+        {k.removeprefix("video_dit_2."): v for k, v in expert.items()},
+        str(tmp_path / "low_noise.safetensors"),
+    )
+    with pytest.raises(LoraError, match="carry no component"):
+        apply_loras(copy.deepcopy(base), [{"path": str(tmp_path / "low_noise.safetensors")}])
+    model = copy.deepcopy(base)
+    (info,) = apply_loras(
+        model, [{"path": str(tmp_path / "low_noise.safetensors"), "component": "video_dit_2"}], merge=True
+    )
+    assert info["format"] == "diffsynth" and info["experts"] == ["video_dit_2"]
+    assert (
+        max_diff(base_state_dict(model), peft_merged(base, expert, {m: 4.0 for m in split_modules(expert)}))
+        == 0.0
+    )

@@ -23,6 +23,7 @@ The library strings are upstream's (mova_spec.md §1.2): upstream's ``MOVA.from_
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -30,12 +31,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.lora_exports import max_diff, random_lora, reference_merged, write_tiny_release
+from helpers.lora_exports import max_diff, peft_merged, random_lora, reference_merged, write_tiny_release
 from safetensors import safe_open
 
-from mova_train.models.checkpoint import INDEX_NAME, CheckpointError, load_component
+from mova_train.models.checkpoint import INDEX_NAME, CheckpointError, load_component, save_component
 from mova_train.models.lora_formats import split_modules
-from mova_train.models.release_folder import export_merged, release_folder_problems
+from mova_train.models.release_folder import component_folder_problems, export_merged, release_folder_problems
 
 SGLANG_REQUIRED = [
     "video_vae",
@@ -177,7 +178,7 @@ def test_merged_export_equals_peft_merge_exactly_and_keeps_the_layout(release, t
         )
         assert (os.stat(out / rel).st_ino == os.stat(release / rel).st_ino) != touched, rel
     record = json.loads((out / "mova_lora_merge.json").read_text())
-    assert record["lora"] == "lora.safetensors" and record["modules"] == len(alphas)
+    assert record["lora"] == "lora.safetensors" and record["lora_modules"] == len(alphas)
 
 
 def test_merged_export_of_a_bf16_release_rounds_once(tmp_path):
@@ -221,3 +222,34 @@ def test_merged_tensor_bytes_land_on_their_keys(release, tmp_path):
         safe_open(str(release / shard.relative_to(out)), framework="pt") as g,
     ):
         assert list(f.keys()) == list(g.keys()) and f.metadata() == g.metadata()
+
+
+def test_full_finetune_component_folders_follow_the_loader_rules(release, tmp_path):
+    """What ``LoraExport`` writes for ``module.full_finetune`` (``save_component(None, ..., state=...)``)."""
+    base, _, _ = random_lora(4, 6.0)
+    state = {k: v + 1.0 for k, v in base.dual_tower_bridge.state_dict().items()}
+    folder = save_component(
+        None, tmp_path / "components", "dual_tower_bridge", config=base.dual_tower_bridge.config, state=state
+    )
+    assert component_folder_problems(folder, "dual_tower_bridge") == []
+    assert json.loads((folder / "config.json").read_text())["_class_name"] in SGLANG_REGISTRY
+    out = export_merged({}, {}, release, tmp_path / "merged", components={"dual_tower_bridge": state})
+    merged = load_component(out, "dual_tower_bridge", dtype=torch.float32).state_dict()
+    assert max_diff(merged, state) == 0.0
+    assert _sglang_load_errors(out) == [] and json.loads((out / "mova_lora_merge.json").read_text())[
+        "full_finetune"
+    ] == ["dual_tower_bridge"]
+
+
+def test_lora_and_full_finetune_merge_on_top_of_each_other(release, tmp_path):
+    base, tensors, alphas = random_lora(4, 6.0)
+    audio = {k: v * 0.5 for k, v in base.audio_dit.state_dict().items()}
+    out = export_merged(tensors, alphas, release, tmp_path / "merged", components={"audio_dit": audio})
+    replaced = copy.deepcopy(base)
+    replaced.audio_dit.load_state_dict(audio)
+    expected = {
+        k.removeprefix("audio_dit."): v
+        for k, v in peft_merged(replaced, tensors, alphas).items()
+        if k.startswith("audio_dit.")
+    }
+    assert max_diff(load_component(out, "audio_dit", dtype=torch.float32).state_dict(), expected) == 0.0
