@@ -57,6 +57,7 @@ from mova_train.models.lora_file import (
     shared_tensors,
     tensor_checksum,
 )
+from mova_train.models.lora_formats import is_foreign, read_foreign_lora
 from mova_train.models.lora_upstream import read_upstream_lora
 
 log = logging.getLogger(__name__)
@@ -125,35 +126,20 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _is_ours(path: Path) -> bool:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return str((f.metadata() or {}).get("format", "")).startswith("mova_lora/")
-    except (SafetensorError, OSError):
-        return True  # unreadable: let our reader name the problem
-
-
 def read_adapter(entry: AdapterEntry, model: nn.Module | None = None) -> LoraWeights:
     """Read the file of an entry: our safetensors, upstream's ``.pt`` layouts, else the other tools' formats
     (``mova_train.models.lora_formats.read_foreign_lora``: DiffSynth, ComfyUI, kohya, PEFT)."""
     path = entry.path
     if not path.exists():
         raise LoraError(f"LoRA {path} does not exist; fix the path in lora.adapters")
-    if path.suffix == ".safetensors" and _is_ours(path):
+    if path.suffix == ".safetensors" and not is_foreign(path):
         weights = read_lora(path)
         if entry.alpha is not None:
             weights.alphas = {m: entry.alpha for m in weights.modules}
         return weights
     if path.suffix == ".pt" or (path / "lora_weights.pt").is_file():
         return read_upstream_lora(path, alpha=entry.alpha)
-    try:
-        from mova_train.models.lora_formats import read_foreign_lora
-    except ImportError as err:
-        raise LoraError(f"{path}: neither a mova_train LoRA file nor an upstream LoRA folder") from err
-    tensors, alphas, fmt = read_foreign_lora(path, model, component=entry.component, alpha=entry.alpha)
-    return LoraWeights(tensors, alphas, path, fmt)
+    return read_foreign_lora(path, model, component=entry.component, alpha=entry.alpha)
 
 
 @dataclass
