@@ -253,3 +253,36 @@ def test_lora_and_full_finetune_merge_on_top_of_each_other(release, tmp_path):
         if k.startswith("audio_dit.")
     }
     assert max_diff(load_component(out, "audio_dit", dtype=torch.float32).state_dict(), expected) == 0.0
+
+
+@pytest.mark.slow
+def test_a_folder_written_like_the_release_passes_and_merges(tmp_path, golden_dir):
+    """The e2e tier's release folder (diffusers / transformers ``save_pretrained``, bf16 shards + index)."""
+    from helpers.release_folder import write_release_folder
+
+    from mova_train.models.checkpoint import load_dual_tower
+    from mova_train.models.lora import LoraSpec, inject_lora, lora_state_dict
+
+    root = write_release_folder(tmp_path / "MOVA-360p", golden_dir)
+    assert _sglang_load_errors(root) == [] and release_folder_problems(root) == []
+    model = load_dual_tower(root, dtype=torch.float32)
+    inject_lora(model, LoraSpec(rank=2, alpha=3.0, preset="attn"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+    tensors = {k: v.clone() for k, v in lora_state_dict(model).items()}
+    pairs = split_modules(tensors)
+    out = export_merged(tensors, {m: 3.0 for m in pairs}, root, tmp_path / "merged")
+    assert _sglang_load_errors(out) == [] and release_folder_problems(out) == []
+    for comp in ("video_dit", "dual_tower_bridge"):
+        base = load_component(root, comp, dtype=torch.bfloat16).state_dict()
+        merged = load_component(out, comp, dtype=torch.bfloat16).state_dict()
+        for key, value in merged.items():
+            module = f"{comp}.{key.removesuffix('.weight')}"
+            expected = base[key]
+            if module in pairs:
+                a, b = pairs[module]
+                expected = (base[key].float() + (b @ a) * (3.0 / 2)).to(torch.bfloat16)
+            assert torch.equal(value, expected), key
