@@ -56,7 +56,6 @@ __all__ = [
     "is_foreign",
     "linear_targets",
     "map_foreign",
-    "native_from_prism",
     "prism_name",
     "read_foreign_lora",
     "split_modules",
@@ -74,16 +73,7 @@ META_COMPONENT = "mova_train.component"
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
 _BRIDGE = re.compile(r"(audio_to_video|video_to_audio)_conditioners\.(\d+)\.(.+)")
-_PRISM_FUSED = re.compile(
-    r"fusion_blocks\.(\d+)\.(video_block|audio_block|a2v_conditioner|v2a_conditioner)\.(.+)"
-)
-_PRISM_REMAINING = re.compile(r"remaining_video_blocks\.(\d+)\.(.+)")
-_PRISM_SIDE = {
-    "audio_to_video": "a2v",
-    "video_to_audio": "v2a",
-    "a2v": "audio_to_video",
-    "v2a": "video_to_audio",
-}
+_PRISM_SIDE = {"audio_to_video": "a2v", "video_to_audio": "v2a"}
 _KEY = re.compile(
     r"^(?P<module>.+?)\.(?:(?P<factor>lora_A|lora_B|lora_down|lora_up)(?:\.default)?(?:\.weight)?|(?P<alpha>alpha))$"
 )
@@ -125,26 +115,6 @@ def prism_name(module: str, fused_layers: int = RELEASE_FUSED_LAYERS) -> str:
     if comp not in COMPONENTS or not path:
         raise LoraError(f"{module}: not under one of {COMPONENTS}")
     return module
-
-
-def native_from_prism(name: str, fused_layers: int = RELEASE_FUSED_LAYERS) -> str:
-    """Our module path of a Prism path (the inverse of :func:`prism_name`)."""
-    fused = _PRISM_FUSED.fullmatch(name)
-    if fused:
-        i, part, rest = fused.groups()
-        if int(i) >= fused_layers:
-            raise LoraError(f"{name}: fusion block {i} is beyond the {fused_layers} fused layers")
-        if part == "video_block":
-            return f"video_dit.blocks.{i}.{rest}"
-        if part == "audio_block":
-            return f"audio_dit.blocks.{i}.{rest}"
-        return f"dual_tower_bridge.{_PRISM_SIDE[part[:3]]}_conditioners.{i}.{rest}"
-    remaining = _PRISM_REMAINING.fullmatch(name)
-    if remaining:
-        return f"video_dit.blocks.{int(remaining[1]) + fused_layers}.{remaining[2]}"
-    if name.partition(".")[0] in COMPONENTS:
-        return name
-    raise LoraError(f"{name}: not a Prism module path")
 
 
 # ------------------------------------------------------------------------------------------------ our layout

@@ -9,7 +9,7 @@ Rules (:func:`release_folder_problems`, :func:`component_folder_problems`), as r
   ``_check_index_files_for_missing_shards`` every shard an index lists. ``runtime/pipelines/mova_pipeline.py``
   ``MOVAPipeline`` is chosen by ``_class_name`` ``MOVA`` (or ``MOVAPipeline``); ``pipelines_core/
   composed_pipeline_base.py`` ``load_modules`` indexes ``model_index[name]`` for each of its
-  ``_required_config_modules`` (:data:`PIPELINE_COMPONENTS`) and reads ``boundary_ratio``. The component loaders
+  ``_required_config_modules`` (every entry of ``RELEASE_LIBRARIES``) and reads ``boundary_ratio``. The component loaders
   (``runtime/loader/component_loaders/transformer_loader.py``, ``bridge_loader.py``) resolve ``config.json``'s
   ``_class_name`` in the model registry (``WanModel``, ``WanAudioModel``, ``DualTowerConditionalBridge``, the
   ``EntryClass`` of ``runtime/models/dits/mova_video_dit.py`` / ``mova_audio_dit.py``) and
@@ -45,7 +45,6 @@ from mova_train.models.lora_formats import split_modules
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PIPELINE_COMPONENTS",
     "RELEASE_LIBRARIES",
     "check_release_folder",
     "component_folder_problems",
@@ -55,8 +54,6 @@ __all__ = [
     "write_merged",
 ]
 
-PIPELINE_COMPONENTS = tuple(RELEASE_LIBRARIES)
-"""SGLang's ``MOVAPipeline._required_config_modules``."""
 PIPELINE_CLASSES = ("MOVA", "MOVAPipeline")
 NO_WEIGHTS = ("tokenizer", "scheduler")
 CONFIG_CLASS = {
