@@ -9,6 +9,16 @@ Only global rank 0 samples by default (``split_by_rank=False``); with ``split_by
 its share of the requests (DDP, where every rank holds the full model). Under sharded FSDP2 every rank runs
 every request in lockstep (a forward needs all shards) and rank 0 writes and logs. The
 denoiser is the LightningModule's ``model`` (LoRA layers active), switched to eval mode and back.
+
+Modes: with ``modes="trained"`` (default) every request is sampled in each conditioning mode the run trains
+(`objective.mode`; see `validation_media`), with the first frame, audio or video a request lacks taken from the
+first training clip. Sidecars and metric names carry the mode.
+
+Leakage check (``leakage_check=True``, LoRA runs): the same seeds are rendered again with the audio-side adapter
+groups (audio tower, bridge video->audio) off, then with the video-side groups (video towers, bridge
+audio->video) off; ``val_leakage/<i>_<mode>_<audio|video>_side_off_<video|audio>_change`` is the relative latent
+change ``||x_off - x|| / ||x||`` of each stream. For a video-only adapter, switching its video side off moves the
+video and should leave the audio in place: an audio change there is leakage, shown before anyone listens.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
 from mova_train.callbacks.sample_writer import write_sample
+from mova_train.callbacks.validation_media import NEEDS, ClipMedia, request_in_mode, write_clip_media
 from mova_train.sampling.generator import GeneratedSample, MovaGenerator
 from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
 from mova_train.schedulers.flow_match import FlowMatchScheduler
@@ -47,6 +58,11 @@ class ValidationSampling(Callback):
         at_train_end: Also sample after the last step.
         batch_cfg: Positive and negative prompts in one forward.
         spatial_multiple: Height/width multiple of the requests.
+        modes: ``"trained"`` (the modes of the module's objective), a list of modes, or None (each request in
+            the mode its own fields give).
+        first_frame_mode: Condition of requests without an image (``"none"`` or ``"white"``).
+        leakage_check: Also render with the audio-side and then the video-side LoRA groups off and log how much
+            each stream moves.
     """
 
     def __init__(
@@ -61,8 +77,15 @@ class ValidationSampling(Callback):
         at_train_end: bool = False,
         batch_cfg: bool = True,
         spatial_multiple: int = 16,
+        modes: str | Sequence[str] | None = "trained",
+        first_frame_mode: str = "none",
+        leakage_check: bool = False,
     ) -> None:
         super().__init__()
+        if isinstance(modes, str) and modes != "trained":
+            raise ValueError(
+                f"ValidationSampling.modes must be 'trained', a list of modes or null, got {modes!r}"
+            )
         if every_n_steps < 1:
             raise ValueError(f"ValidationSampling.every_n_steps must be >= 1, got {every_n_steps}")
         settings = (
@@ -85,8 +108,54 @@ class ValidationSampling(Callback):
         self.split_by_rank = split_by_rank
         self.at_train_end = at_train_end
         self.batch_cfg = batch_cfg
+        self.spatial_multiple = spatial_multiple
+        self.modes = modes if modes is None or isinstance(modes, str) else tuple(modes)
+        self.first_frame_mode = first_frame_mode
+        self.leakage_check = leakage_check
         self.written: list[Path] = []
         self._last_step = -1
+        self._media: ClipMedia | None = None
+
+    def _run_modes(self, pl_module: LightningModule) -> tuple[str, ...] | None:
+        if self.modes != "trained":
+            return self.modes  # type: ignore[return-value]
+        mix = getattr(getattr(pl_module, "objective", None), "mix", None)
+        return None if mix is None else mix.modes
+
+    def _root(self, trainer: Trainer) -> Path:
+        return self.output_dir or Path(trainer.default_root_dir) / "samples"
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Keep the first training clip as media for modes whose requests lack a first frame, audio or video."""
+        modes = self._run_modes(pl_module)
+        if self._media is not None or not modes or not isinstance(batch, dict):
+            return
+        if any(getattr(r, NEEDS[m]) is None for r in self.requests for m in modes if m in NEEDS):
+            fps = self.requests[0].fps
+            folder = self._root(trainer) / "media" / f"rank{trainer.global_rank}"
+            codecs = None if "video" in batch else self._codecs(pl_module)  # cached clips are decoded
+            self._media = write_clip_media(folder, batch, codecs, fps)
+
+    def mode_requests(self, pl_module: LightningModule) -> list[Request]:
+        """The requests of one validation round: each request in each mode of the run (see the class doc)."""
+        modes = self._run_modes(pl_module)
+        if not modes:
+            return self.requests
+        mix = getattr(pl_module.objective, "mix", None) if hasattr(pl_module, "objective") else None
+        a2v_frame = mix is not None and mix.a2v_first_frame >= 1.0
+        out = []
+        for req in self.requests:
+            for mode in modes:
+                variant = request_in_mode(req, mode, self._media, a2v_frame, self.spatial_multiple)
+                if variant is None:
+                    logger.warning(
+                        "validation request %s: no %s for mode %s yet; skipped", req.id, NEEDS[mode], mode
+                    )
+                else:
+                    out.append(variant)
+        return out
 
     def _codecs(self, pl_module: LightningModule) -> Any:
         enc = self.encoders if self.encoders is not None else getattr(pl_module, "encoders", None)
@@ -98,12 +167,14 @@ class ValidationSampling(Callback):
             )
         return enc
 
-    def _my_requests(self, trainer: Trainer) -> list[Request]:
+    def _my_requests(self, trainer: Trainer, pl_module: LightningModule) -> list[Request]:
         if _sharded(trainer):
-            return self.requests  # FSDP2: every rank takes part in every forward; rank 0 writes
+            return self.mode_requests(
+                pl_module
+            )  # FSDP2: every rank takes part in every forward; rank 0 writes
         if self.split_by_rank:
-            return self.requests[trainer.global_rank :: trainer.world_size]
-        return self.requests if trainer.is_global_zero else []
+            return self.mode_requests(pl_module)[trainer.global_rank :: trainer.world_size]
+        return self.mode_requests(pl_module) if trainer.is_global_zero else []
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -123,7 +194,7 @@ class ValidationSampling(Callback):
     @torch.no_grad()
     def run(self, trainer: Trainer, pl_module: LightningModule) -> list[GeneratedSample]:
         """Sample this rank's requests now, write them and log them; returns the samples."""
-        reqs = self._my_requests(trainer)
+        reqs = self._my_requests(trainer, pl_module)
         if not reqs:
             return []
         model = getattr(pl_module, "model", None)
@@ -132,33 +203,41 @@ class ValidationSampling(Callback):
         enc = self._codecs(pl_module)
         was_training = model.training
         model.eval()
+        leakage: dict[str, float] = {}
         try:
+            kw = dict(batch_cfg=self.batch_cfg, first_frame_mode=self.first_frame_mode)
             generator = MovaGenerator(
-                model,
-                self.scheduler,
-                enc.video_vae,
-                enc.audio_vae,
-                enc.text_encoder,
-                batch_cfg=self.batch_cfg,
+                model, self.scheduler, enc.video_vae, enc.audio_vae, enc.text_encoder, **kw
             )
             samples = generator.generate(reqs, device=pl_module.device)
+            if self.leakage_check:
+                latents = MovaGenerator(
+                    model, self.scheduler, enc.video_vae, enc.audio_vae, enc.text_encoder, decode=False, **kw
+                )
+                leakage = _leakage(model, latents, reqs, samples, pl_module.device)
         finally:
             model.train(was_training)
         step = trainer.global_step
         if _sharded(trainer) and not trainer.is_global_zero:
             return samples
-        root = self.output_dir or Path(trainer.default_root_dir) / "samples"
-        out_dir = root / f"step{step:07d}"
+        out_dir = self._root(trainer) / f"step{step:07d}"
         paths = [
             write_sample(s, out_dir, settings={"source": "validation_sampling"}, extra={"global_step": step})
             for s in samples
         ]
         self.written.extend(paths)
-        self._log(trainer, samples, paths, step)
+        self._log(trainer, samples, paths, step, leakage)
         return samples
 
-    def _log(self, trainer: Trainer, samples: list[GeneratedSample], paths: list[Path], step: int) -> None:
-        metrics: dict[str, float] = {}
+    def _log(
+        self,
+        trainer: Trainer,
+        samples: list[GeneratedSample],
+        paths: list[Path],
+        step: int,
+        leakage: dict[str, float] | None = None,
+    ) -> None:
+        metrics: dict[str, float] = dict(leakage or {})
         for i, s in enumerate(samples):
             metrics[f"val_samples/{i}_video_latent_std"] = float(s.video_latents.std())
             metrics[f"val_samples/{i}_audio_latent_std"] = float(s.audio_latents.std())
@@ -171,11 +250,34 @@ class ValidationSampling(Callback):
                 import wandb
 
                 media = {
-                    f"val_samples/{i}": wandb.Video(str(p), format="mp4", caption=s.request.prompt[:200])
+                    f"val_samples/{i}": wandb.Video(
+                        str(p), format="mp4", caption=f"[{s.request.mode}] {s.request.prompt[:200]}"
+                    )
                     for i, (s, p) in enumerate(zip(samples, paths, strict=True))
                 }
                 lg.experiment.log({**media, "trainer/global_step": step})
         logger.info("validation samples at step %d: %s", step, ", ".join(p.name for p in paths))
+
+
+def _relative_change(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _leakage(
+    model: Any, generator: MovaGenerator, reqs: list[Request], samples: list[GeneratedSample], device: Any
+) -> dict[str, float]:
+    """Relative latent change of each stream with the audio-side, then the video-side LoRA groups off."""
+    from mova_train.models.lora import AUDIO_SIDE_GROUPS, VIDEO_SIDE_GROUPS, scaled_lora_groups
+
+    out: dict[str, float] = {}
+    for side, groups in (("audio", AUDIO_SIDE_GROUPS), ("video", VIDEO_SIDE_GROUPS)):
+        with scaled_lora_groups(model, dict.fromkeys(groups, 0.0)):
+            off = generator.generate(reqs, device=device)
+        for i, (s, o) in enumerate(zip(samples, off, strict=True)):
+            prefix = f"val_leakage/{i}_{s.request.mode}_{side}_side_off"
+            out[f"{prefix}_video_change"] = _relative_change(o.video_latents, s.video_latents)
+            out[f"{prefix}_audio_change"] = _relative_change(o.audio_latents, s.audio_latents)
+    return out
 
 
 def _sharded(trainer: Trainer) -> bool:

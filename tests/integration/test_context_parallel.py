@@ -4,7 +4,8 @@ Video grid 3x3x3 = 27 tokens and 13 audio tokens: neither divides by 2 or 8, so 
 tokens, which must be masked.
 
 * cp 2 (2 processes, 4 heads per attention): audio sharded (Ulysses everywhere), the same with gradient
-  checkpointing, audio replicated, and upstream's unmasked padding (which must differ).
+  checkpointing, audio replicated, upstream's unmasked padding (which must differ), and the training objective
+  with a mix of every conditioning mode.
 * cp 8 (8 processes; 8 video heads but 3 audio heads): cp does not divide the audio heads, so the audio
   stream is replicated on every rank (the release case: 40 video heads, 12 audio heads, cp 8).
 """
@@ -85,6 +86,41 @@ RANK_SCRIPT = textwrap.dedent(
     if "unmasked" in spec["cases"]:
         upstream = apply_context_parallel(copy.deepcopy(model), ContextParallel(mask_padding=False))
         result["unmasked"] = maxdiff(ref, run(upstream, cp))
+    if "modes" in spec["cases"]:
+        # the objective with every conditioning mode (v2a runs the low-noise expert): cp ranks share the
+        # generator seed, so they draw the same modes, noise and timesteps and the loss equals one process's
+        from mova_train.objectives import FlowMatchingObjective
+
+        low = mova_tiny(experts=("video_dit_2",), seed=3, **spec["model"])
+        objective = FlowMatchingObjective(
+            expert_mode="single", expert="video_dit_2", boundary_timestep=1000.0,
+            mode={"i2av": 0.25, "t2av": 0.25, "a2v": 0.25, "v2a": 0.25},
+        )  # fmt: skip
+        batch = dict(video_latents=x["latents"].repeat(2, 1, 1, 1, 1), cond=x["y"].repeat(2, 1, 1, 1, 1),
+                     audio_latents=x["audio_latents"].repeat(2, 1, 1), context=x["context"].repeat(2, 1, 1),
+                     empty_latents=torch.randn(1, c, 3, 6, 6, generator=g).expand(4, -1, -1, -1, -1))  # fmt: skip
+
+        def loss_run(m, cp=None):
+            m.zero_grad(set_to_none=True)
+            out = objective(m, batch, 0, torch.Generator().manual_seed(7))
+            out.loss.backward()
+            grads = {}
+            for name, p in m.named_parameters():
+                if p.grad is not None:
+                    gr = p.grad.clone()
+                    if cp is not None:
+                        dist.all_reduce(gr, group=cp.group)
+                        gr /= cp.size
+                    grads[name] = gr
+            return out, grads
+
+        ref_out, ref_g = loss_run(low)
+        cp_out, cp_g = loss_run(apply_context_parallel(copy.deepcopy(low), cp), cp)
+        result["modes"] = dict(
+            modes=list(cp_out.modes), same_modes=cp_out.modes == ref_out.modes,
+            loss=abs(float(cp_out.loss) - float(ref_out.loss)),
+            grad=max((cp_g[k] - ref_g[k]).abs().max().item() for k in ref_g), n_grads=len(ref_g),
+        )  # fmt: skip
     with torch.no_grad():
         v_nb, a_nb = model(**x, use_bridge=False)
         v_cp, a_cp = cp_model(**x, use_bridge=False)
@@ -115,7 +151,7 @@ def _run_ranks(tmp, world: int, spec: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def cp2_results(tmp_path_factory) -> list[dict]:
     # 4 heads per attention: 2 per rank.
-    spec = {"model": {"head_dim": 8}, "cases": ["replicated", "unmasked"]}
+    spec = {"model": {"head_dim": 8}, "cases": ["replicated", "unmasked", "modes"]}
     return _run_ranks(tmp_path_factory.mktemp("cp2"), 2, spec)
 
 
@@ -142,6 +178,17 @@ def _assert_equal_to_single_process(results: list[dict], cases: tuple[str, ...])
 def test_cp2_matches_single_process_outputs_and_gradients(cp2_results):
     assert cp2_results[0]["replicated_streams"] == []  # cp 2 divides every head count: audio sharded too
     _assert_equal_to_single_process(cp2_results, ("masked", "checkpointed", "replicated"))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_cp2_trains_every_conditioning_mode_like_one_process(cp2_results):
+    """objective.mode mixing i2av/t2av/a2v/v2a under cp 2: same draws on both ranks, same loss and gradients."""
+    assert cp2_results[0]["modes"]["modes"] == cp2_results[1]["modes"]["modes"]
+    for res in cp2_results:
+        d = res["modes"]
+        assert d["same_modes"] and len(set(d["modes"])) >= 2, d
+        assert d["loss"] < 1e-5 and d["grad"] < 1e-5 and d["n_grads"] > 50, d
 
 
 @pytest.mark.distributed

@@ -1,11 +1,8 @@
 """Acceptance: the sampler regenerates what the tiny model memorized, and the first frame selects the audio.
 
 Two clips share one caption. Clip A: a large red square moving right, audio latents of a "low tone"; clip B: a blue
-square, a "high tone". Video and first-frame condition latents come from the tiny Wan VAE; the audio latents are
-synthesized directly in latent space (a slow vs a fast sinusoid per channel) because the random tiny DAC maps a
-100 Hz and a 400 Hz tone to nearly the same latent (relative difference 0.17), which would make the
-cross-modal check meaningless. The tiny denoiser (one video expert over the whole t range) is overfit on both
-clips with the flow-matching objective, then each clip is sampled through the full request pipeline (PNG first
+square, a "high tone" (`helpers.two_clips`: audio synthesized in latent space). The tiny denoiser (one video
+expert over the whole t range) is overfit on both clips with the flow-matching objective, then each clip is sampled through the full request pipeline (PNG first
 frame -> preprocess -> VAE condition -> sampler), 10 steps, no CFG, a seed never used in training.
 
 1. Memorization: relative latent error ||x_gen - x_clip|| / ||x_clip|| after training << untrained.
@@ -16,12 +13,11 @@ frame -> preprocess -> VAE condition -> sampler), 10 steps, no CFG, a seed never
 from __future__ import annotations
 
 import logging
-import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers.two_clips import FPS, F, H, W, make_clip
+from helpers.two_clips import rel as _rel
 
 from mova_train.codecs.encoders import tiny_encoders
 from mova_train.models.builders import mova_tiny
@@ -32,31 +28,8 @@ from mova_train.schedulers.flow_match import FlowMatchScheduler
 
 log = logging.getLogger(__name__)
 
-F, H, W, FPS = 5, 32, 32, 16.0
 CAPTION = "a shape moves with a steady tone"
 TRAIN_STEPS, LR = 2000, 5e-3
-
-
-def _clip(enc, color, cycles, png):
-    frames = np.zeros((F, H, W, 3), np.uint8)
-    for f in range(F):
-        frames[f, 2:30, 2 + f : 26 + f] = color
-    Image.fromarray(frames[0]).save(png)
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # [3, F, H, W]
-    n = int(enc.audio_vae.sample_rate * F / FPS)
-    length = (n - 1) // enc.audio_vae.hop_length + 1
-    pos = torch.arange(length) / length
-    audio = torch.sin(2 * math.pi * cycles * pos + torch.arange(enc.audio_vae.latent_dim)[:, None])
-    with torch.no_grad():
-        return {
-            "video_latents": enc.video_vae.encode(video[None]),
-            "cond": enc.video_vae.encode_first_frame_condition(video[None, :, 0], F),
-            "audio_latents": audio[None],
-        }
-
-
-def _rel(x, ref):
-    return float((x - ref).norm() / ref.norm())
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +46,7 @@ def _train_and_sample(tmp_path_factory):
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("mem")
     enc = tiny_encoders(seed=0)
-    clips = [_clip(enc, (255, 0, 0), 1, tmp / "a.png"), _clip(enc, (0, 0, 255), 3, tmp / "b.png")]
+    clips = [make_clip(enc, "A", tmp / "a.png"), make_clip(enc, "B", tmp / "b.png")]
     settings = SamplingSettings(num_frames=F, height=H, width=W, fps=FPS, steps=10, cfg_scale=1.0)
     reqs = [
         make_request({"prompt": CAPTION, "first_frame": str(tmp / p), "seed": 99}, settings)
