@@ -12,7 +12,7 @@ denoiser is the LightningModule's ``model`` (LoRA layers active), switched to ev
 
 Modes: with ``modes="trained"`` (default) every request is sampled in each conditioning mode the run trains
 (`objective.mode`; see `validation_media`), with the first frame, audio or video a request lacks taken from the
-first training clip. Sidecars and metric names carry the mode.
+first training clip. Sidecars and W&B captions carry the mode.
 
 Leakage check (``leakage_check=True``, LoRA runs): the same seeds are rendered again with the audio-side adapter
 groups (audio tower, bridge video->audio) off, then with the video-side groups (video towers, bridge
@@ -143,8 +143,8 @@ class ValidationSampling(Callback):
         modes = self._run_modes(pl_module)
         if not modes:
             return self.requests
-        mix = getattr(pl_module.objective, "mix", None) if hasattr(pl_module, "objective") else None
-        a2v_frame = mix is not None and mix.a2v_first_frame >= 1.0
+        mix = getattr(getattr(pl_module, "objective", None), "mix", None)
+        a2v_frame = mix is not None and mix.a2v_first_frame >= 1.0  # the run's a2v samples always keep theirs
         out = []
         for req in self.requests:
             for mode in modes:
@@ -168,13 +168,12 @@ class ValidationSampling(Callback):
         return enc
 
     def _my_requests(self, trainer: Trainer, pl_module: LightningModule) -> list[Request]:
+        reqs = self.mode_requests(pl_module)
         if _sharded(trainer):
-            return self.mode_requests(
-                pl_module
-            )  # FSDP2: every rank takes part in every forward; rank 0 writes
+            return reqs  # FSDP2: every rank takes part in every forward; rank 0 writes
         if self.split_by_rank:
-            return self.mode_requests(pl_module)[trainer.global_rank :: trainer.world_size]
-        return self.mode_requests(pl_module) if trainer.is_global_zero else []
+            return reqs[trainer.global_rank :: trainer.world_size]
+        return reqs if trainer.is_global_zero else []
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

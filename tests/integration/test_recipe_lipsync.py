@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,4 +42,8 @@ def test_lipsync_recipe_trains_a2v_and_validates_every_mode(tmp_path: Path) -> N
     )  # a2v trains the video only
     sidecars = list(run_dir.rglob("step0000004/*.json"))
     assert sorted(json.loads(p.read_text())["mode"] for p in sidecars) == ["a2v", "i2av", "t2av"]
+    assert any(k.startswith("val_leakage/") for k in logged)
+    lora = load_file(run_dir / "lora" / "lora.safetensors")
+    frozen = [k for k in lora if k.startswith("audio_dit.") and ".lora_B." in k]
+    assert frozen and all(not lora[k].any() for k in frozen)  # the audio side never trained (B stays zero)
     assert (run_dir / "lora" / "lora.safetensors").stat().st_size > 0

@@ -71,3 +71,22 @@ def test_samples_every_trained_mode_with_media_from_the_training_clip(tmp_path):
     assert i2av["first_frame"] == str(media / "clip.png")
     assert "val_samples/3_audio_latent_std" in metrics  # one metric row per sample and mode
     assert not any(k.startswith("val_leakage/") for k in metrics)  # the leakage check is opt-in
+
+
+@pytest.mark.slow
+def test_leakage_check_measures_each_side(tmp_path):
+    """Full LoRA: both sides move the output, a held stream never moves. Video-only LoRA: its (empty) audio side
+    moves nothing; its video side moves the video, and what it does to the audio is the reported leakage."""
+    _, metrics = _fit(tmp_path / "full", LoraSpec(rank=4, alpha=4, preset="attn"), leakage_check=True)
+    leak = {k: v for k, v in metrics.items() if k.startswith("val_leakage/")}
+    assert len(leak) == 4 * 2 * 2, sorted(leak)  # 4 samples (one per mode) x 2 sides x 2 streams
+    assert all(v >= 0 for v in leak.values()) and any(v > 0 for v in leak.values())
+    for side in ("audio", "video"):  # samples come in mode order: i2av, t2av, a2v, v2a
+        assert leak[f"val_leakage/2_a2v_{side}_side_off_audio_change"] == 0.0  # the given audio is held
+        assert leak[f"val_leakage/3_v2a_{side}_side_off_video_change"] == 0.0  # the given video is held
+    video_only = LoraSpec(rank=4, alpha=4, components={"video_dit": "attn", "video_dit_2": "attn"})
+    _, metrics = _fit(tmp_path / "video_only", video_only, leakage_check=True, modes=["t2av"])
+    assert metrics["val_leakage/0_t2av_audio_side_off_video_change"] == 0.0
+    assert metrics["val_leakage/0_t2av_audio_side_off_audio_change"] == 0.0
+    assert metrics["val_leakage/0_t2av_video_side_off_video_change"] > 1e-4
+    assert metrics["val_leakage/0_t2av_video_side_off_audio_change"] >= 0.0
