@@ -150,3 +150,12 @@ def test_single_i2av_draws_nothing_new():
     gen = torch.Generator().manual_seed(5)
     FlowMatchingObjective(mode="t2av")(Recorder(lat), lat, 0, gen)  # also a single mode: no draw either
     assert torch.equal(torch.rand(3, generator=gen), after_i2av)
+
+
+def test_modes_come_from_the_step_generator():
+    """The per-sample draw uses only the step's generator: the same seed (a resumed step) draws the same modes."""
+    mix = {"i2av": 0.25, "t2av": 0.25, "a2v": 0.25, "v2a": 0.25}
+    lat = _latents(batch=16)
+    runs = [_run(mix, lat=lat, step=1, seed=s) for s in (3, 3, 4)]
+    assert runs[0][0].modes == runs[1][0].modes and torch.equal(runs[0][0].loss, runs[1][0].loss)
+    assert runs[0][0].modes != runs[2][0].modes
