@@ -123,10 +123,6 @@ def test_one_expert_at_a_time_then_predict_with_the_pair(data_dir: Path, tmp_pat
     assert [entry["experts"] for entry in loras] == [["video_dit_2"], ["video_dit"]]
     assert "shared groups not loaded" in loras[0]["note"] and loras[1]["gated_to"] is None
     assert sorted(predict_dir.rglob("*.mp4"))
-    # an independent second run (no init_from) makes an ambiguous pair: refused with the fix
-    _run("mova_train", [*tiny, *_common(data_dir, tmp_path, "other"), "expert=video_dit"], cwd=tmp_path)
-    with pytest.raises(Exception, match="lora.init_from"):
-        apply_loras(mova_tiny(), [low, tmp_path / "other" / "lora" / "lora.safetensors"])
 
 
 def test_full_finetune_through_the_entry_point_then_predict_with_the_component(
