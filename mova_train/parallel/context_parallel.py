@@ -284,16 +284,14 @@ def _heads_to_seq(x: torch.Tensor, cp: ContextParallel) -> torch.Tensor:
     return x.permute(1, 2, 0, 3).reshape(b, n, cp.size * c)
 
 
-class UlyssesAttention:
-    """Drop-in ``attention_core``: sequence-sharded q/k/v in, sequence-sharded output out.
+class _CPAttention:
+    """Shared frame of the context-parallel ``attention_core`` drop-ins.
 
-    Same call signature as :func:`mova_train.models.attention.attention`, but ``q``, ``k`` and ``v`` are this
-    rank's slices ``[B, n_q, H*d]`` / ``[B, n_k, H*d]`` and ``key_padding_mask`` (if any) covers the *gathered*
-    key sequence ``[B or 1, cp*n_k]``.
+    Subclasses implement :meth:`_parallel` for ``cp > 1``; with ``cp == 1`` the call is ``inner`` unchanged.
 
     Args:
         cp: the context-parallel group.
-        inner: exact attention run on ``H/cp`` heads over the whole sequence.
+        inner: exact attention, called on this rank's part of the work.
     """
 
     def __init__(self, cp: ContextParallel, inner: AttentionFn = attention) -> None:
@@ -301,7 +299,47 @@ class UlyssesAttention:
         self.inner = inner
 
     def __repr__(self) -> str:
-        return f"UlyssesAttention({self.cp!r})"
+        return f"{type(self).__name__}({self.cp!r})"
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_heads: int,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Same signature as :func:`mova_train.models.attention.attention` (shapes: see the subclass)."""
+        if self.cp.size == 1:
+            return self.inner(q, k, v, num_heads, key_padding_mask=key_padding_mask)
+        return self._parallel(q, k, v, num_heads, key_padding_mask)
+
+    def _parallel(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_heads: int,
+        key_padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_mask(self, key_padding_mask: torch.Tensor | None, gathered: int, local: int) -> None:
+        """The mask must cover the gathered key sequence ``[B or 1, cp*local]``."""
+        if key_padding_mask is not None and key_padding_mask.shape[-1] != gathered:
+            raise ValueError(
+                f"key_padding_mask covers {key_padding_mask.shape[-1]} keys but the gathered key sequence has "
+                f"{gathered} (= cp {self.cp.size} x {local} local keys)"
+            )
+
+
+class UlyssesAttention(_CPAttention):
+    """Drop-in ``attention_core``: sequence-sharded q/k/v in, sequence-sharded output out.
+
+    ``q``, ``k`` and ``v`` are this rank's slices ``[B, n_q, H*d]`` / ``[B, n_k, H*d]``; the output is this rank's
+    slice ``[B, n_q, H*d]``. ``key_padding_mask`` (if any) covers the *gathered* key sequence ``[B or 1, cp*n_k]``.
+    Inside, exact attention runs on ``H/cp`` heads over the whole sequence.
+    """
 
     def __call__(
         self,
@@ -312,64 +350,37 @@ class UlyssesAttention:
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Returns ``[B, n_q, H*d]``, this rank's slice of the attention output."""
-        cp = self.cp
-        if num_heads % cp.size:
+        if num_heads % self.cp.size:
             raise ValueError(
-                f"{num_heads} attention heads cannot be split over context-parallel size {cp.size}"
+                f"{num_heads} attention heads cannot be split over context-parallel size {self.cp.size}"
             )
-        if cp.size == 1:
-            return self.inner(q, k, v, num_heads, key_padding_mask=key_padding_mask)
+        return super().__call__(q, k, v, num_heads, key_padding_mask)
+
+    def _parallel(self, q, k, v, num_heads, key_padding_mask):
+        cp = self.cp
         if q.shape == k.shape:  # self-attention: one all-to-all for q, k and v
             qh, kh, vh = _seq_to_heads(torch.stack([q, k, v], dim=2), cp).unbind(2)
         else:
             qh = _seq_to_heads(q.unsqueeze(2), cp).squeeze(2)
             kh, vh = _seq_to_heads(torch.stack([k, v], dim=2), cp).unbind(2)
-        if key_padding_mask is not None and key_padding_mask.shape[-1] != kh.shape[1]:
-            raise ValueError(
-                f"key_padding_mask covers {key_padding_mask.shape[-1]} keys but the gathered key sequence has "
-                f"{kh.shape[1]} (= cp {cp.size} x {k.shape[1]} local keys)"
-            )
+        self._check_mask(key_padding_mask, kh.shape[1], k.shape[1])
         out = self.inner(qh, kh, vh, num_heads // cp.size, key_padding_mask=key_padding_mask)
         return _heads_to_seq(out, cp)
 
 
-class GatheredKeysAttention:
+class GatheredKeysAttention(_CPAttention):
     """Drop-in ``attention_core`` for replicated queries over sharded keys (video-to-audio, audio replicated).
 
     ``q`` ``[B, Lq, H*d]`` is whole on every rank; ``k`` and ``v`` are this rank's slices ``[B, n_k, H*d]``.
     They are all-gathered (backward: the summed gradient of every rank's use, see the module docstring) and
-    attention runs locally over the gathered keys, with ``key_padding_mask`` covering them.
-
-    Args:
-        cp: the context-parallel group.
-        inner: exact attention.
+    attention runs locally over the gathered keys, with ``key_padding_mask`` covering them. The output
+    ``[B, Lq, H*d]`` is identical on every cp rank.
     """
 
-    def __init__(self, cp: ContextParallel, inner: AttentionFn = attention) -> None:
-        self.cp = cp
-        self.inner = inner
-
-    def __repr__(self) -> str:
-        return f"GatheredKeysAttention({self.cp!r})"
-
-    def __call__(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        num_heads: int,
-        key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Returns ``[B, Lq, H*d]``, identical on every cp rank."""
-        if self.cp.size == 1:
-            return self.inner(q, k, v, num_heads, key_padding_mask=key_padding_mask)
+    def _parallel(self, q, k, v, num_heads, key_padding_mask):
         kv = _GatherSequence.apply(torch.stack([k, v], dim=2), self.cp)  # [B, cp*n_k, 2, H*d]
         k_all, v_all = kv.unbind(2)
-        if key_padding_mask is not None and key_padding_mask.shape[-1] != k_all.shape[1]:
-            raise ValueError(
-                f"key_padding_mask covers {key_padding_mask.shape[-1]} keys but the gathered key sequence has "
-                f"{k_all.shape[1]} (= cp {self.cp.size} x {k.shape[1]} local keys)"
-            )
+        self._check_mask(key_padding_mask, k_all.shape[1], k.shape[1])
         return self.inner(q, k_all, v_all, num_heads, key_padding_mask=key_padding_mask)
 
 
