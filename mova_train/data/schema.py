@@ -5,6 +5,8 @@ Raw shards hold one tar sample per clip, named the webdataset way (`<key>.<ext>`
 - `__key__`: the first 16 hex digits of the sha256 of the clip bytes (`key_for_sha256`).
 - `mp4` (`VIDEO_KEY`): the original clip bytes, unchanged, whatever the container.
 - `json` (`RECORD_KEY`): a `ClipRecord` as JSON.
+- `audio` (`AUDIO_KEY`, only for clips whose sound came as a separate file): that file's bytes, unchanged
+  (wav, flac, m4a, ...); the record's `separate_audio` is true and `audio_offset` says how it lines up.
 
 Latent-cache shards use the same `__key__`, a `latents.safetensors` member (`LATENTS_KEY`) and a `json` record that
 extends the raw record. Every shard folder carries an `index.json` (`INDEX_NAME`, format `INDEX_VERSION`) with
@@ -14,6 +16,7 @@ per-shard counts and, for raw shards, every skipped input grouped by reason.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 VIDEO_KEY = "mp4"
+AUDIO_KEY = "audio"
 RECORD_KEY = "json"
 LATENTS_KEY = "latents.safetensors"
 INDEX_NAME = "index.json"
@@ -51,6 +55,7 @@ SKIP_BAD_CAPTION_ENCODING = "bad_caption_encoding"
 SKIP_EMPTY_CAPTION = "empty_caption"
 SKIP_VARIABLE_FRAME_RATE = "variable_frame_rate"
 SKIP_DUPLICATE = "duplicate"
+SKIP_AV_OFFSET = "av_offset"  # the A/V audit measured more than --max-av-offset-ms and --skip-av-offset is on
 SKIP_REASONS = (
     SKIP_BAD_ENTRY,
     SKIP_MISSING_FILE,
@@ -64,6 +69,7 @@ SKIP_REASONS = (
     SKIP_EMPTY_CAPTION,
     SKIP_VARIABLE_FRAME_RATE,
     SKIP_DUPLICATE,
+    SKIP_AV_OFFSET,
 )
 
 # Flags of kept clips (index.json "flags" keys): kept, but worth knowing about.
@@ -71,6 +77,7 @@ FLAG_NO_AUDIO = "no_audio_stream"
 FLAG_AUDIO_SHORTER = "audio_shorter_than_video"
 FLAG_EMPTY_CAPTION = "empty_caption"
 FLAG_VARIABLE_FRAME_RATE = "variable_frame_rate"
+FLAG_AV_OFFSET = "av_offset"  # the A/V audit measured an offset above --max-av-offset-ms (kept, flagged)
 
 logger = logging.getLogger(__name__)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -149,6 +156,23 @@ class ClipRecord:
         audio_duration: Audio duration in seconds, or None without audio (or when unknown).
         sha256: Hex sha256 of the clip bytes.
         variable_frame_rate: True when frame timestamps deviate from a constant rate.
+        separate_audio: The sound is the sample's `audio` member (a separate file), not the clip's own stream;
+            `sample_rate`, `num_channels` and `audio_duration` then describe that file.
+        audio_sha256: Hex sha256 of the separate audio file (None for muxed audio); part of the key.
+        audio_offset: Seconds after the first video frame at which the audio starts (ffmpeg's `-itsoffset`
+            sense: positive delays the sound). Video time `t` plays audio (file or stream) time
+            `t - audio_offset`; 0 lines up the start of both files (separate audio) or keeps the container's
+            own timing (muxed audio).
+        cuts: Scene cuts, in seconds from the first video frame: each is the presentation time
+            `frame_index / fps` of the first frame of a new shot, sorted, none at 0. None = never detected
+            (`build_shards --detect-cuts` fills it), [] = detected, one scene. A window of frames
+            `[a, b)` stays inside one scene iff no cut `c` has `a / fps < c < b / fps` (up to rounding; compare
+            frame indices `round(c * fps)`).
+        scene_of: For samples written by `--split-scenes`: the key of the clip the scene was cut from.
+        scene_span: For such samples: `[start, end]` seconds of the scene in that clip.
+        av_offset_ms: The A/V audit's estimate (`mova_train.data.av_sync`): milliseconds by which the sound
+            lags the picture (negative: it leads), or None when not audited.
+        av_confidence: The audit's confidence in [0, 1] (low for clips without motion or sound).
     """
 
     caption: str
@@ -166,11 +190,21 @@ class ClipRecord:
     audio_duration: float | None
     sha256: str
     variable_frame_rate: bool = False
+    separate_audio: bool = False
+    audio_sha256: str | None = None
+    audio_offset: float = 0.0
+    cuts: list[float] | None = None
+    scene_of: str | None = None
+    scene_span: list[float] | None = None
+    av_offset_ms: float | None = None
+    av_confidence: float | None = None
 
     @property
     def key(self) -> str:
-        """The sample's webdataset `__key__`."""
-        return key_for_sha256(self.sha256)
+        """The sample's webdataset `__key__` (of the clip bytes, and of the audio file when separate)."""
+        if self.audio_sha256 is None:
+            return key_for_sha256(self.sha256)
+        return key_for_sha256(hashlib.sha256(f"{self.sha256}:{self.audio_sha256}".encode()).hexdigest())
 
     def validate(self) -> ClipRecord:
         """Check types and ranges; raise `SchemaError` naming the field and the fix. Returns self."""
@@ -204,6 +238,20 @@ class ClipRecord:
                     )
         elif self.sample_rate is not None or self.num_channels is not None:
             raise SchemaError(f"{where}: has_audio is false but sample_rate/num_channels are set")
+        if self.separate_audio and not (
+            self.has_audio and isinstance(self.audio_sha256, str) and _HEX.match(self.audio_sha256)
+        ):
+            raise SchemaError(f"{where}: separate_audio needs has_audio and a hex 'audio_sha256'; rebuild")
+        if not isinstance(self.audio_offset, int | float) or not math.isfinite(self.audio_offset):
+            raise SchemaError(f"{where}: field 'audio_offset' must be a finite number of seconds")
+        if self.cuts is not None and (
+            not isinstance(self.cuts, list)
+            or not all(isinstance(c, int | float) and 0 < c < self.duration for c in self.cuts)
+            or self.cuts != sorted(self.cuts)
+        ):
+            raise SchemaError(
+                f"{where}: field 'cuts' must be a sorted list of seconds inside (0, duration), got {self.cuts!r}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

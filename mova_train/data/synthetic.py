@@ -4,6 +4,8 @@ Each clip shows one coloured shape moving across a dark background and bouncing 
 what is seen: a tone whose pitch is set by the colour, whose loudness follows the shape's speed, and a click at every
 bounce. The caption says all of this in words. Optionally each frame carries its index as a binary barcode along the
 top edge, and clicks are placed at given times, so that a data pipeline can be checked frame- and sample-exactly.
+For the A/V sync audit, clips can carry one-frame flashes (a bright block) at irregular times with a click at each,
+delayed by a known `audio_offset` (`make_dataset(audio_offset_ms=...)`, `make_synthetic --audio-offset-ms`).
 
 `make_dataset` writes `OUT_DIR/clip_000000.mp4`, ... plus `OUT_DIR/metadata.json` (a list of
 `{"video_path", "caption"}`); `python -m data_tools.make_synthetic` is its command line. `prepare_synthetic` makes
@@ -45,6 +47,7 @@ COLORS: dict[str, tuple[tuple[int, int, int], float]] = {
 SHAPES = ("circle", "square")
 BACKGROUND = (24, 24, 28)
 CLICK_SECONDS = 0.002
+FLASH_RGB = (250, 250, 250)
 CLICK_AMPLITUDE = 0.9
 TONE_AMPLITUDE = 0.25
 
@@ -61,6 +64,8 @@ class SyntheticClip:
         sample_rate: Audio sample rate in Hz (0 without audio).
         clicks_at: Times (seconds) of the clicks in the audio track.
         bounces_at: Times (seconds) at which the shape hit a wall.
+        flashes_at: Times (seconds, on the frame grid) of the one-frame flashes.
+        audio_offset: Seconds by which the clicks of the flashes lag them.
     """
 
     path: Path
@@ -70,6 +75,20 @@ class SyntheticClip:
     sample_rate: int
     clicks_at: list[float] = field(default_factory=list)
     bounces_at: list[float] = field(default_factory=list)
+    flashes_at: list[float] = field(default_factory=list)
+    audio_offset: float = 0.0
+
+
+def irregular_times(
+    seconds: float, rng: random.Random, margin: float, gaps: tuple[float, float] = (0.25, 0.6)
+) -> list[float]:
+    """Event times in `[margin, seconds - margin]` separated by random gaps (no period for a correlation to lock
+    onto)."""
+    times, t = [], margin + rng.uniform(0.0, gaps[0])
+    while t <= seconds - margin:
+        times.append(t)
+        t += rng.uniform(*gaps)
+    return times
 
 
 def barcode_band_height(height: int) -> int:
@@ -199,6 +218,8 @@ def make_clip(
     index_barcode: bool = False,
     barcode_bits: int = 8,
     clicks_at: Sequence[float] | None = None,
+    flashes_at: Sequence[float] | None = None,
+    audio_offset: float = 0.0,
     color: str | None = None,
     shape: str | None = None,
     seed: int = 0,
@@ -217,7 +238,11 @@ def make_clip(
         audio_seconds: Audio length; default the video duration `num_frames / fps`.
         index_barcode: Write each frame's index as a barcode along the top edge (see `read_barcode`).
         barcode_bits: Blocks in the barcode (frame indices up to `2**bits - 1`).
-        clicks_at: Click times in seconds; None puts a click at every bounce.
+        clicks_at: Click times in seconds; None puts a click at every bounce, or at every flash when there are
+            flashes.
+        flashes_at: Times (seconds) of one-frame flashes: a bright block over the middle of the frame on the frame
+            shown at that time.
+        audio_offset: Seconds added to the click times of the flashes (positive: the sound lags the picture).
         color: One of `COLORS`; default drawn from `seed`.
         shape: One of `SHAPES`; default drawn from `seed`.
         seed: Seed of the random colour, shape, start position and velocity.
@@ -248,8 +273,19 @@ def make_clip(
         _draw_shape(frame, shape, x, y, size, rgb)
         if index_barcode:
             draw_barcode(frame, i, barcode_bits)
+    flash_frames = sorted({math.floor(t * fps + 1e-6) for t in flashes_at or ()})
+    for i in flash_frames:
+        if 0 <= i < num_frames:
+            for c in range(3):
+                frames[i, c, max(top, height // 4) : 3 * height // 4, width // 4 : 3 * width // 4] = (
+                    FLASH_RGB[c]
+                )
+    flashes = [i / fps for i in flash_frames]
 
-    clicks = list(bounces if clicks_at is None else clicks_at)
+    if clicks_at is not None:
+        clicks = list(clicks_at)
+    else:
+        clicks = [float(t) + audio_offset for t in flashes] if flashes else list(bounces)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     encoder = Encoder()
@@ -274,7 +310,12 @@ def make_clip(
         else "There is no sound."
     )
     caption = f"A {color} {shape} moves across a dark background, {motion}. {sound}"
-    return SyntheticClip(path, caption, num_frames, fps, sample_rate if audio else 0, clicks, bounces)
+    if flashes:
+        caption += f" It flashes {len(flashes)} times."
+    return SyntheticClip(
+        path, caption, num_frames, fps, sample_rate if audio else 0, clicks, bounces, [float(t) for t in flashes],
+        audio_offset,
+    )  # fmt: skip
 
 
 def make_dataset(
@@ -288,8 +329,13 @@ def make_dataset(
     sample_rate: int = 48000,
     seed: int = 0,
     index_barcode: bool = False,
+    audio_offset_ms: float | None = None,
 ) -> Path:
-    """Write `count` clips and a MOVA-style `metadata.json` into `out_dir`; return the metadata path."""
+    """Write `count` clips and a MOVA-style `metadata.json` into `out_dir`; return the metadata path.
+
+    With `audio_offset_ms`, every clip flashes at irregular times (`irregular_times`, seeded) with a click
+    `audio_offset_ms` after each flash: clips with a known A/V offset for `mova_train.data.av_sync`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     num_frames = max(1, round(seconds * float(fps)))
@@ -304,12 +350,22 @@ def make_dataset(
             sample_rate=sample_rate,
             seed=seed * 100003 + i,
             index_barcode=index_barcode,
+            **_flash_options(seconds, audio_offset_ms, seed * 100003 + i),
         )
         entries.append({"video_path": clip.path.name, "caption": clip.caption})
     metadata = out_dir / "metadata.json"
     metadata.write_text(json.dumps(entries, indent=1, ensure_ascii=False), encoding="utf-8")
     logger.info("wrote %d clips and %s", count, metadata)
     return metadata
+
+
+def _flash_options(seconds: float, audio_offset_ms: float | None, seed: int) -> dict[str, Any]:
+    """`make_clip` arguments of a clip with flashes and clicks `audio_offset_ms` later (none without an offset)."""
+    if audio_offset_ms is None:
+        return {}
+    offset = audio_offset_ms / 1000.0
+    times = irregular_times(seconds, random.Random(seed + 7), margin=abs(offset) + 0.1)
+    return {"flashes_at": times, "audio_offset": offset}
 
 
 # ------------------------------------------------------------------------------------ embedded dataset
