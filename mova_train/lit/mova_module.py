@@ -25,6 +25,7 @@ from lightning.pytorch import LightningModule
 
 from mova_train.codecs.encoders import MovaEncoders, latents_from_cached
 from mova_train.lit.optim import build_param_groups
+from mova_train.models.compile import COMPILE_MODES, compile_blocks
 from mova_train.models.lora import (
     LoraSpec,
     base_fingerprint,
@@ -82,6 +83,8 @@ class MovaLitModule(LightningModule):
         gradient_checkpointing: recompute DiT blocks and bridge layers in the backward pass.
         activation_offload: keep the tensors autograd saves (with checkpointing: the block inputs) in host
             memory during training (``torch.autograd.graph.save_on_cpu``); trades PCIe traffic for device memory.
+        compile: ``"none"`` (eager) or ``"blocks"``: regional ``torch.compile`` of every DiT block and bridge
+            conditioner, static shapes (:func:`~mova_train.models.compile.compile_blocks`), after LoRA injection.
         video_fps: pixel frame rate of the training clips (bridge time alignment).
         seed: base seed of the objective's randomness.
         timestep_buckets: number of equal t buckets for ``train/loss_t{k}``.
@@ -100,6 +103,7 @@ class MovaLitModule(LightningModule):
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         activation_offload: bool = False,
+        compile: str = "none",
         video_fps: float = 24.0,
         seed: int = 0,
         timestep_buckets: int = 4,
@@ -109,6 +113,8 @@ class MovaLitModule(LightningModule):
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
         if timestep_buckets < 1:
             raise ValueError(f"timestep_buckets must be >= 1, got {timestep_buckets}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"module.compile={compile!r} unknown; choose one of {COMPILE_MODES}")
         self.strict_loading = False
         self.objective = objective
         self.optimizer_factory = optimizer
@@ -120,6 +126,7 @@ class MovaLitModule(LightningModule):
         self.ema_decay = ema_decay
         self.gradient_checkpointing = gradient_checkpointing
         self.activation_offload = activation_offload
+        self.compile = compile
         self.video_fps = float(video_fps)
         self.seed = int(seed)
         self.timestep_buckets = int(timestep_buckets)
@@ -164,6 +171,7 @@ class MovaLitModule(LightningModule):
         self.trainable_names = [f"model.{n}" for n, p in model.named_parameters() if p.requires_grad]
         if self.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
+        compile_blocks(model, self.compile)
         if self.ema_decay is not None:
             self.ema_weights = _EmaWeights(self._trainable())
         if self.encoders is not None:

@@ -192,6 +192,11 @@ class BlockStreamer:
     # ------------------------------------------------------------------------------------------ install
 
     def _install(self, index: int, name: str, module: nn.Module) -> _Unit:
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            raise ValueError(
+                f"block streaming: unit {name!r} is compiled (module.compile=blocks); the streamer swaps weights "
+                "inside forward, which a compiled graph would bake in. Use module.compile=none with this strategy"
+            )
         slots: list[_Slot] = []
         for sub_name, sub in module.named_modules():
             for pname, p in list(sub._parameters.items()):
