@@ -35,9 +35,11 @@ def predict(cfg: DictConfig) -> list[Path]:
 
     from mova_train.callbacks.sample_writer import SampleWriter
     from mova_train.config import torch_dtype
+    from mova_train.config.validate import validate_config
     from mova_train.lit.predict import MovaPredictModule, PredictDataModule
     from mova_train.train import build_strategy
 
+    validate_config(cfg, "predict")
     lightning.seed_everything(int(cfg.seed), workers=True)
     sampling: dict[str, Any] = OmegaConf.to_container(cfg.sampling, resolve=True)  # type: ignore[assignment]
     datamodule = PredictDataModule(

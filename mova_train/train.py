@@ -16,15 +16,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mova_train.config.validate import ConfigError, validate_config
 from mova_train.utils.logging import RankedLogger
 
 log = RankedLogger(__name__, rank_zero_only=True)
 
 __all__ = ["ConfigError", "build_module", "check_config", "lora_spec", "model_report", "train"]
-
-
-class ConfigError(ValueError):
-    """A composed config cannot work; the message names the key and the fix."""
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -65,6 +62,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "lora=none trains nothing: set module.full_finetune=[dual_tower_bridge] (or pick a lora)"
         )
+    validate_config(cfg, "fit")
     devices = cfg.trainer.get("devices")
     if _is_multirun() and devices not in (1, "1", None) and cfg.trainer.accelerator != "cpu":
         log.warning(

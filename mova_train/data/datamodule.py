@@ -272,6 +272,7 @@ class MovaDataModule(LightningDataModule):
             "version": 1,
             "epoch": self.epoch,
             "seed": self.options.seed,
+            "batch_size": self.options.batch_size,
             "world_size": self.world_size,
             "num_workers": self.num_workers,
             "ranks": ranks,
@@ -282,7 +283,18 @@ class MovaDataModule(LightningDataModule):
 
         A checkpoint from another world size or worker count cannot be continued exactly: the stream then restarts
         with the next stream epoch (fresh seeds) and a warning.
+
+        Raises:
+            DataConfigError: the checkpoint was trained with another `data.batch_size` (positions count batches:
+                continuing would silently skip or repeat samples).
         """
+        saved_bs = state_dict.get("batch_size")
+        if saved_bs is not None and int(saved_bs) != self.options.batch_size:
+            raise DataConfigError(
+                f"data.batch_size={self.options.batch_size} but the checkpoint was trained with "
+                f"data.batch_size={saved_bs}: its stream position counts batches, so resuming would skip or repeat "
+                f"samples; resume with data.batch_size={saved_bs}, or start a new run (lora.init_from=...)"
+            )
         self.epoch = int(state_dict.get("epoch", 0))
         rank, world = (self.rank, self.world_size)
         if self.trainer is not None:

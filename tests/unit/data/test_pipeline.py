@@ -217,3 +217,15 @@ def test_shard_member_bytes_are_unchanged(shards, tmp_path):
         names = [m.name for m in tar.getmembers()]
     sample = next(iter_shard(url))
     assert f"{sample['__key__']}.mp4" in names and sample["mp4"][4:8] == b"ftyp"
+
+
+def test_resume_with_another_batch_size_is_refused(shards):
+    """Issue 14.9: positions count batches; another data.batch_size would silently skip or repeat samples."""
+    from mova_train.data.options import DataConfigError
+
+    dm = _dm(shards, seed=7)
+    _take(dm, 2)
+    state = json.loads(json.dumps(dm.state_dict()))
+    with pytest.raises(DataConfigError, match=r"data.batch_size=3 but the checkpoint .* data.batch_size=2"):
+        _dm(shards, seed=7, batch_size=3).load_state_dict(state)
+    _dm(shards, seed=7).load_state_dict(state)  # the same batch size continues
