@@ -16,6 +16,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mova_train.checkpoints.io import checkpoint_plugins
+from mova_train.checkpoints.lock import OutputFolderLock
+from mova_train.checkpoints.resume import checkpoint_dir, resolve_ckpt_path
 from mova_train.config.validate import ConfigError, validate_config
 from mova_train.utils.logging import RankedLogger
 
@@ -240,12 +243,14 @@ def build_trainer(cfg: DictConfig) -> Any:
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     plugins = _instantiate_mapping(cfg.get("plugins"), "plugins")
+    strategy = build_strategy(cfg.strategy)
+    plugins += checkpoint_plugins(strategy)  # the strategies of mova_train.strategies bring their own
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:  # the resolved config is the run's config in W&B / hparams in TensorBoard and CSV
         lg.log_hyperparams(resolved)
     return instantiate(
         cfg.trainer,
-        strategy=build_strategy(cfg.strategy),
+        strategy=strategy,
         logger=loggers or False,
         callbacks=callbacks,
         plugins=plugins or None,
@@ -329,15 +334,6 @@ def sample_after_fit(cfg: DictConfig, module: Any, datamodule: Any, out_dir: Pat
     return path
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """`None`, `last` (Lightning finds this run's newest checkpoint) or an existing file/folder."""
-    if ckpt_path in (None, "", "last", "best"):
-        return ckpt_path or None
-    if not Path(ckpt_path).exists():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist (use `last` to resume this run folder)")
-    return ckpt_path
-
-
 # --------------------------------------------------------------------------------------------- train
 
 
@@ -360,11 +356,12 @@ def train(cfg: DictConfig) -> float | None:
         return None
 
     out_dir = Path(str(cfg.paths.output_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(cfg.data)
-    module = build_module(cfg)
-    trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path))
+    with OutputFolderLock(out_dir):
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, checkpoint_dir(cfg))
+        datamodule = build_datamodule(cfg.data)
+        module = build_module(cfg)
+        trainer = build_trainer(cfg)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     if cfg.sample_after_fit and trainer.is_global_zero and not trainer.fast_dev_run:
         sample_after_fit(cfg, module, datamodule, out_dir)

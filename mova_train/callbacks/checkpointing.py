@@ -1,71 +1,108 @@
-"""Checkpoint plumbing: atomic checkpoint files and a clean stop on SIGTERM (LoRA exports: `lora_export.py`).
+"""Checkpoint callbacks: step checkpoints that resume exactly, and a clean, saved stop on SIGTERM.
 
-* :class:`AtomicCheckpointIO` (a Lightning ``CheckpointIO`` plugin, ``Trainer(plugins=[...])``): writes to
-  ``<path>.tmp``, fsyncs, then ``os.replace``-s; a save killed mid-write leaves the previous file intact.
-* :class:`SigtermCheckpoint`: on a plain SIGTERM (Lightning already notices it and stops after the current
-  batch), waits for the next gradient-accumulation boundary, saves a checkpoint and lets Lightning exit.
-  SLURM pre-emption (``SIGUSR1`` with ``SLURMEnvironment(auto_requeue=True)``) is Lightning's own
-  ``SignalConnector``: it saves an ``hpc_ckpt`` through the same module hooks and IO, then requeues.
+The files themselves are written by :class:`mova_train.checkpoints.io.MovaCheckpointIO` (atomic, with a
+manifest); LoRA exports are `lora_export.py`.
+
+* :class:`MovaModelCheckpoint`: Lightning's ``ModelCheckpoint`` that saves only at optimizer-step boundaries,
+  restores the step it last saved at (so a resumed run does not rewrite ``last.ckpt`` in the middle of a gradient
+  accumulation) and never rotates away the newest checkpoint with finite weights.
+* :class:`SigtermCheckpoint`: on SIGTERM (SLURM pre-emption, ``kill``, torchrun forwarding it) every rank
+  waits for the next optimizer-step boundary, ``sigterm.ckpt`` is saved and the run exits with code 143.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mova_train.checkpoints.manifest import CheckpointError, read_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointIO", "SigtermCheckpoint"]
+__all__ = ["SIGTERM_EXIT_CODE", "MovaModelCheckpoint", "SigtermCheckpoint", "SigtermExit"]
+
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # 143, what a shell reports for a process ended by SIGTERM
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file in the same folder, fsync, then an atomic rename."""
+def _finite(path: str | Path) -> bool | None:
+    """Whether the checkpoint's manifest says its weights were finite (None: no readable manifest)."""
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError:
+        return None
+    return None if manifest is None else manifest.finite
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+
+class MovaModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that resumes exactly with gradient accumulation and keeps the last finite weights.
+
+    Same arguments as Lightning's ``ModelCheckpoint``. Differences:
+
+    * train-step saves happen only in a batch that ran an optimizer step (never mid-accumulation);
+    * the global step of the last save is part of the callback state, so after a resume from step N the
+      next save is at the next multiple of ``every_n_train_steps`` after N, not at N again;
+    * a checkpoint due for rotation is kept when it is the newest one whose weights are finite while the
+      checkpoints that remain are not (the manifest records finiteness at save time).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._step_at_batch_start = -1
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Write ``checkpoint`` to ``path`` atomically (see the class docstring)."""
-        if storage_options is not None:
-            raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self._step_at_batch_start:
+            return  # mid-accumulation: the optimizer has not stepped, the state would not resume exactly
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        self._last_global_step_saved = trainer.global_step  # part of the state written in this save
+        super()._save_checkpoint(trainer, filepath)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_global_step_saved": self._last_global_step_saved}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", 0))
+
+    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if _finite(filepath):
+            others = [p for p in Path(filepath).parent.glob("*.ckpt") if str(p) != str(filepath)]
+            if not any(_finite(p) for p in others):
+                log.warning(
+                    "keeping %s: it is the newest checkpoint with finite weights (the newer ones are not)",
+                    filepath,
+                )
+                return
+        super()._remove_checkpoint(trainer, filepath)
 
 
-def _stepped(trainer: Trainer, last: int) -> bool:
-    return trainer.global_step != last
+class SigtermExit(SystemExit):
+    """Raised on every rank after ``sigterm.ckpt`` is saved; the process exits with code 143."""
 
 
 class SigtermCheckpoint(Callback):
-    """Save ``<dirpath>/<filename>`` at the first optimizer-step boundary after a SIGTERM, then stop.
+    """Save ``<dirpath>/<filename>`` at the first optimizer-step boundary after a SIGTERM, then exit 143.
 
-    Lightning's signal connector sets ``trainer.received_sigterm`` and raises ``SIGTERMException`` (a
-    ``SystemExit``) after the current batch. In the middle of a gradient accumulation this callback holds
-    the flag back until the accumulation completes (single process; under DDP it saves at once), so the
-    checkpoint resumes exactly.
+    During fit this callback owns the SIGTERM handler: it only sets a flag (Lightning's own handler runs a
+    collective inside the signal handler, which stalls multi-process runs) and forwards the signal to the
+    processes Lightning launched. At the end of every training batch the ranks agree on the flag (one
+    all-reduce); in the middle of a gradient accumulation they carry on to the boundary; there every rank
+    saves the checkpoint (a collective for sharded strategies) and raises :class:`SigtermExit`.
 
     Args:
         dirpath: checkpoint folder (default: the trainer's ``default_root_dir``/checkpoints).
@@ -75,9 +112,30 @@ class SigtermCheckpoint(Callback):
     def __init__(self, dirpath: str | Path | None = None, filename: str = "sigterm.ckpt") -> None:
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.filename = filename
+        self._received = False
+        self._forwarded = False
         self._pending = False
         self._step_at_start = -1
+        self._previous: Any = None
+        self._trainer: Trainer | None = None
         self.saved_path: Path | None = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._received = True
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if launcher is not None and not self._forwarded:
+            self._forwarded = True
+            launcher.kill(signum)  # the processes Lightning started (torchrun forwards by itself)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._trainer = trainer
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
@@ -88,23 +146,31 @@ class SigtermCheckpoint(Callback):
         root = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
         return root / self.filename
 
+    def _agreed(self, trainer: Trainer) -> bool:
+        """True when any rank received SIGTERM (every rank calls this at the same batch)."""
+        connector = trainer._signal_connector
+        flag = self._received or self._pending or connector.received_sigterm
+        connector.received_sigterm = False  # this callback decides when to stop
+        dist = torch.distributed
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            t = torch.tensor([1.0 if flag else 0.0], device=trainer.strategy.root_device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        connector = trainer._signal_connector
-        if not (connector.received_sigterm or self._pending):
+        if not self._agreed(trainer):
             return
-        boundary = _stepped(trainer, self._step_at_start)
-        if not boundary and trainer.world_size == 1:
+        if trainer.global_step == self._step_at_start:  # mid-accumulation: save at the boundary
             if not self._pending:
                 log.info("SIGTERM received mid-accumulation; saving at the next optimizer step")
             self._pending = True
-            connector.received_sigterm = False
             return
         self._pending = False
         path = self._path(trainer)
         trainer.save_checkpoint(path)
         self.saved_path = path
-        log.info("SIGTERM: checkpoint saved to %s at step %d; stopping", path, trainer.global_step)
-        connector.received_sigterm = True
-        trainer.should_stop = True
+        log.info("SIGTERM: checkpoint saved to %s at step %d; exiting", path, trainer.global_step)
+        raise SigtermExit(SIGTERM_EXIT_CODE)

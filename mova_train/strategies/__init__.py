@@ -5,7 +5,6 @@ Importing this package registers the ``"npu"`` accelerator with Lightning; it ne
 """
 
 from mova_train.strategies.checkpoint_convert import (
-    TopologyCheckpointIO,
     convert_dcp_checkpoint,
     dcp_to_full,
     is_dcp_checkpoint,
@@ -30,7 +29,6 @@ __all__ = [
     "NPUAccelerator",
     "SingleGPUOffloadStrategy",
     "StreamStats",
-    "TopologyCheckpointIO",
     "convert_dcp_checkpoint",
     "dcp_to_full",
     "ddp_strategy",

@@ -18,7 +18,7 @@ import torch.nn as nn
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from mova_train.strategies.checkpoint_convert import TopologyCheckpointIO
+from mova_train.checkpoints.io import MovaCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class MovaDDPStrategy(DDPStrategy):
         ignore_frozen: bool = True,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("checkpoint_io", TopologyCheckpointIO())
+        kwargs.setdefault("checkpoint_io", MovaCheckpointIO())
         self._find_unused_setting = find_unused_parameters
         super().__init__(**kwargs)
         self.ignore_frozen = ignore_frozen

@@ -29,7 +29,9 @@ dimension with HSDP); the data loader shards over the data-parallel ranks only.
 Checkpoints. Distributed checkpoints (DCP folders) hold the trainable state only: the model state dict is
 taken with ``ignore_frozen_params=True`` and loading reads just the keys present in the folder, so frozen
 weights are never written nor expected. Such a folder resumes under FSDP2 with another world size, and under
-DDP or one process through :mod:`mova_train.strategies.checkpoint_convert`.
+DDP or one process through :mod:`mova_train.strategies.checkpoint_convert`. A folder is written under a
+temporary name, gets its manifest (:mod:`mova_train.checkpoints.dcp`) and only then replaces the old one; a
+folder is read only after its manifest is verified.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ import torch.nn as nn
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from mova_train.strategies.checkpoint_convert import META_FILENAME, is_dcp_checkpoint
+from mova_train.checkpoints.dcp import (
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    is_dcp_checkpoint,
+    read_dcp_meta,
+    replace_folder,
+)
+from mova_train.checkpoints.io import MovaCheckpointIO, state_is_finite, temporary_name
+from mova_train.checkpoints.manifest import verify_manifest
 from mova_train.strategies.common import target_model
 
 if TYPE_CHECKING:
@@ -161,6 +171,7 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
             process_group_backend=process_group_backend,
             timeout=timeout,
         )
+        self._checkpoint_io = MovaCheckpointIO()  # single-file saves (save_distributed_checkpoint=false)
         if context_parallel_size < 1 or hsdp_replicate < 1:
             raise ValueError(
                 f"strategy.context_parallel_size and strategy.hsdp_replicate must be >= 1, got "
@@ -267,6 +278,27 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
         assert self.model is not None
         return get_model_state_dict(self.model, options=options)
 
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: str | Path, storage_options: Any | None = None
+    ) -> None:
+        """Write a DCP folder under a temporary name, add its manifest, then move it over ``filepath``."""
+        if not self._save_distributed_checkpoint:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        import torch.distributed as dist
+
+        path = Path(self.broadcast(str(filepath)))
+        tmp = Path(self.broadcast(str(temporary_name(path))))
+        finite = torch.tensor(float(state_is_finite(checkpoint.get("state_dict", {}))))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        step = int(checkpoint.get("global_step", 0))
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("dcp_saved")
+        if self.global_rank == 0:
+            replace_folder(tmp, path, step, bool(finite.item()))
+        self.barrier("dcp_renamed")
+
     def load_checkpoint(
         self, checkpoint_path: str | Path, weights_only: bool | None = None
     ) -> dict[str, Any]:
@@ -284,22 +316,25 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
         if not is_dcp_checkpoint(path):
             return super().load_checkpoint(path, weights_only=weights_only)
         assert self.model is not None
-        saved = set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+        verify_manifest(path, required=True)  # before torch unpickles .metadata
+        saved = set(SafeFileSystemReader(path).read_metadata().state_dict_metadata)
         model_sd = get_model_state_dict(self.model, options=StateDictOptions(ignore_frozen_params=True))
         model_sd = {k: v for k, v in model_sd.items() if f"state_dict.{k}" in saved}
-        dcp.load({"state_dict": model_sd}, checkpoint_id=path)
+        dcp.load(
+            {"state_dict": model_sd}, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner()
+        )
         set_model_state_dict(self.model, model_sd, options=StateDictOptions(strict=False))
         for idx, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{idx}"
             optim_sd = {key: get_optimizer_state_dict(self.model, optimizer)}
-            dcp.load(optim_sd, checkpoint_id=path)
+            dcp.load(optim_sd, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
             set_optimizer_state_dict(
                 self.model,
                 optimizer,
                 optim_state_dict=optim_sd[key],
                 options=StateDictOptions(cpu_offload=True),
             )
-        metadata = torch.load(path / META_FILENAME, weights_only=weights_only)
+        metadata = read_dcp_meta(path)
         # The LightningModule's on_load_checkpoint sees which weights the folder held.
         metadata["state_dict"] = model_sd
         return metadata

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from mova_train.strategies.checkpoint_convert import TopologyCheckpointIO
+from mova_train.checkpoints.io import MovaCheckpointIO
 from mova_train.strategies.common import target_model
 from mova_train.strategies.offload import BlockStreamer
 
@@ -59,7 +59,7 @@ class SingleGPUOffloadStrategy(SingleDeviceStrategy):
         pin_memory: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("checkpoint_io", TopologyCheckpointIO())
+        kwargs.setdefault("checkpoint_io", MovaCheckpointIO())
         super().__init__(device=device, **kwargs)
         self.prefetch = prefetch
         self.storage = storage

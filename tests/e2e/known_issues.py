@@ -35,10 +35,6 @@ ISSUE_9 = {
         "encode --checkpoint with a DAC at 300 Hz and --sample-rate 48000 only warns, then encodes", None
     ),
     5: Issue("a full fine-tune writes only last.ckpt: no release-layout component folder", None),
-    8: Issue(
-        "conf/train.yaml's AtomicCheckpointIO plugin clashes with the strategy's own TopologyCheckpointIO",
-        "checkpoint_io set through both strategy class and plugins",
-    ),
     9: Issue("two single-expert runs train two independent audio/bridge adapters that both get loaded", None),
 }
 

@@ -22,11 +22,11 @@ TRAINING = {
     "tiny_cpu": ({"video_dit", "video_dit_2", *TOWERS}, ()),
     "low_noise": ({"video_dit_2", *TOWERS}, ()),
     "high_noise": ({"video_dit", *TOWERS}, ()),
-    "lora_ddp": ({"video_dit_2", *TOWERS}, (8,)),
+    "lora_ddp": ({"video_dit_2", *TOWERS}, ()),
     "lora_fsdp8": ({"video_dit", "video_dit_2", *TOWERS}, (2,)),
     "lora_fsdp8_cp3": ({"video_dit", "video_dit_2", *TOWERS}, (2,)),
-    "lora_low_resource": ({"video_dit_2", *TOWERS}, (8,)),
-    "lora_npu8": ({"video_dit_2", *TOWERS}, (8,)),
+    "lora_low_resource": ({"video_dit_2", *TOWERS}, ()),
+    "lora_npu8": ({"video_dit_2", *TOWERS}, ()),
 }
 
 

@@ -29,7 +29,8 @@ from helpers.strategy_worker import (
     trainer,
 )
 
-from mova_train.strategies import TopologyCheckpointIO, single_gpu_offload
+from mova_train.checkpoints.io import MovaCheckpointIO
+from mova_train.strategies import single_gpu_offload
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -120,7 +121,7 @@ def test_fsdp2_checkpoint_resumes_in_one_process(two_process: dict) -> None:
     saved = two_process["fsdp2"]
     rec = RecordAtStart()
     module = DeterministicLit()
-    t = trainer("auto", devices=1, max_steps=STEPS + 1, callbacks=[rec], plugins=[TopologyCheckpointIO()])
+    t = trainer("auto", devices=1, max_steps=STEPS + 1, callbacks=[rec], plugins=[MovaCheckpointIO()])
     t.fit(module, loader(GLOBAL_BATCH), ckpt_path=two_process["ckpt"])
     assert rec.record["global_step"] == STEPS and t.global_step == STEPS + 1
     assert _max_diff(rec.record["weights"], saved["weights"]) == 0.0

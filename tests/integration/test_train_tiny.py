@@ -12,8 +12,9 @@ from helpers.tiny_latents import TinyDataModule, make_batch, tiny_module
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mova_train.callbacks.checkpointing import AtomicCheckpointIO, SigtermCheckpoint
+from mova_train.callbacks.checkpointing import SigtermCheckpoint
 from mova_train.callbacks.lora_export import LoraExport
+from mova_train.checkpoints.io import MovaCheckpointIO
 from mova_train.codecs.encoders import latents_from_cached
 from mova_train.lit.optim import warmup_cosine
 from mova_train.models import mova_tiny
@@ -44,7 +45,7 @@ def _trainer(tmp_path, max_steps, callbacks=(), accumulate=2, **kw) -> Trainer:
         accumulate_grad_batches=accumulate,
         gradient_clip_val=1.0,
         default_root_dir=tmp_path,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[MovaCheckpointIO()],
         callbacks=list(callbacks),
         **kw,
     )
@@ -204,9 +205,9 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError, match="mid-write"):
-        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, last)
+        MovaCheckpointIO().save_checkpoint({"state_dict": {}}, last)
     monkeypatch.setattr(torch, "save", real_save)
-    assert last.read_bytes() == before and not (tmp_path / "ckpt" / "last.ckpt.tmp").exists()
+    assert last.read_bytes() == before and not list((tmp_path / "ckpt").glob(".last.ckpt.tmp*"))
     resumed, dm = _module(), TinyDataModule(seed=2)
     _trainer(tmp_path / "b", n).fit(resumed, datamodule=dm, ckpt_path=last)
     _assert_same(ref, resumed, ref_dm, dm)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mova_train.strategies.checkpoint_convert import _optimizer_state_by_index, dcp_to_full, is_dcp_checkpoint
+from mova_train.checkpoints.dcp import _optimizer_state_by_index
+from mova_train.strategies.checkpoint_convert import dcp_to_full, is_dcp_checkpoint
 from mova_train.strategies.fsdp2 import MovaFSDP2Strategy
 
 
