@@ -24,6 +24,7 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule
 
 from mova_train.codecs.encoders import MovaEncoders, latents_from_cached
+from mova_train.lit.nonfinite import NonFiniteGuard, nonfinite_names
 from mova_train.lit.optim import build_param_groups
 from mova_train.models.compile import COMPILE_MODES, compile_blocks
 from mova_train.models.lora import (
@@ -88,6 +89,8 @@ class MovaLitModule(LightningModule):
         video_fps: pixel frame rate of the training clips (bridge time alignment).
         seed: base seed of the objective's randomness.
         timestep_buckets: number of equal t buckets for ``train/loss_t{k}``.
+        max_nonfinite_steps: training steps that may be skipped for a non-finite batch or loss (counted as
+            ``train/skipped_nonfinite``); one more stops the run with ``NonFiniteError``.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class MovaLitModule(LightningModule):
         video_fps: float = 24.0,
         seed: int = 0,
         timestep_buckets: int = 4,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -131,6 +135,7 @@ class MovaLitModule(LightningModule):
         self.seed = int(seed)
         self.timestep_buckets = int(timestep_buckets)
         self.micro_step = 0
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.trainable_names: list[str] = []
         self.ema_weights: _EmaWeights | None = None
         self._fingerprint: str | None = None
@@ -208,9 +213,11 @@ class MovaLitModule(LightningModule):
             return self.encoders.encode_batch(batch, empty_latents=self.objective.needs_empty_latents)
         return latents_from_cached(batch)
 
-    def _step(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> tuple[LossOutput, dict]:
+    def _step(
+        self, batch: dict[str, Any], step: int, generator: torch.Generator, lat: dict | None = None
+    ) -> tuple[LossOutput, dict]:
         assert self.model is not None, "configure_model() was not called"
-        lat = self.latents(batch)
+        lat = self.latents(batch) if lat is None else lat
         saved_on_host = self.activation_offload and torch.is_grad_enabled()
         ctx = (
             torch.autograd.graph.save_on_cpu(pin_memory=self.device.type == "cuda")
@@ -230,16 +237,26 @@ class MovaLitModule(LightningModule):
         tower = self.model.video_dit if self.model.video_dit is not None else self.model.video_dit_2
         return tuple(tower.patch_size)  # type: ignore[return-value]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """One micro-batch: loss every step; detail metrics every ``trainer.log_every_n_steps`` steps.
 
         ``self.log`` costs a few milliseconds per call on CPU, so only ``train/loss`` is logged on every step;
         per-modality losses, timestep buckets, learning rates and throughput (averaged over the interval) are
         logged on the steps Lightning writes to the loggers anyway.
+
+        Returns None (Lightning then skips the backward pass and the optimizer step) for a batch whose latents
+        hold NaN/Inf or a step whose loss is not finite; see `mova_train.lit.nonfinite`.
         """
-        out, lat = self._step(batch, self.global_step, self._generator(self.micro_step))
+        generator = self._generator(self.micro_step)
         self.micro_step += 1
+        lat = self.latents(batch)
         bsz = int(lat["video_latents"].shape[0])
+        if self.nonfinite.should_skip(nonfinite_names(lat), "batch", self.global_step, self.device):
+            return self._skipped(bsz)
+        out, lat = self._step(batch, self.global_step, generator, lat=lat)
+        loss_bad = [] if bool(torch.isfinite(out.loss.detach()).all()) else ["loss"]
+        if self.nonfinite.should_skip(loss_bad, "loss", self.global_step, self.device):
+            return self._skipped(bsz)
         self.log("train/loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bsz)
         self._interval_samples += bsz
         self._interval_tokens += bsz * self._tokens_per_sample(lat)
@@ -265,6 +282,17 @@ class MovaLitModule(LightningModule):
         self._last_time = now
         self._interval_samples = self._interval_tokens = 0
         return out.loss
+
+    def _skipped(self, bsz: int) -> None:
+        """Log the skip count; returning None makes Lightning skip the backward pass and optimizer step."""
+        self.log(
+            "train/skipped_nonfinite",
+            float(self.nonfinite.skipped),
+            on_step=True,
+            on_epoch=False,
+            batch_size=bsz,
+        )
+        return None
 
     def _detail_step(self) -> bool:
         every = self._trainer.log_every_n_steps if self._trainer is not None else 1
