@@ -6,6 +6,9 @@ model's own components (`--checkpoint`) or random tiny ones (`--tiny-seed`, for 
 Example:
     python -m data_tools.encode --shards data/raw --out data/cache --checkpoint MOVA-360p \\
         --num-frames 193 --height 352 --width 640 --fps 24 --batch-size 1
+    # every clip at its automatic bucket, back-to-back windows of long clips (none across a scene cut)
+    python -m data_tools.encode --shards data/raw --out data/cache --checkpoint MOVA-360p --buckets auto \\
+        --windows stride
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from mova_train.data.cache_writer import (
     load_checkpoint_encoders,
     module_hashes,
 )
+from mova_train.data.windows import parse_policy
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -64,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=24.0, help="target frame rate")
     parser.add_argument("--sample-rate", type=int, default=48000, help="audio rate in Hz")
     parser.add_argument("--window-start", type=float, default=0.0, help="fixed window start in seconds")
+    parser.add_argument(
+        "--windows",
+        type=parse_policy,
+        default=None,
+        help="several windows per clip: stride (back to back), slide (every half window) or N (evenly spaced); "
+        "none crosses a scene cut (default: one window at --window-start)",
+    )
+    parser.add_argument(
+        "--buckets",
+        choices=("auto",),
+        default=None,
+        help="auto: encode each clip at its automatic bucket (about --height x --width pixels, at most "
+        "--num-frames frames; mova_train.data.buckets)",
+    )
+    parser.add_argument(
+        "--bucket-lengths", type=int, default=None, help="frame-count tiers of --buckets auto"
+    )
     parser.add_argument("--resize-mode", choices=("crop", "stretch"), default="crop")
     parser.add_argument("--missing-audio", choices=("skip", "silence"), default="skip")
     parser.add_argument("--text-len", type=int, default=None, help="text rows (default 512; tiny: 16)")
@@ -107,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         missing_audio=args.missing_audio,
         text_len=int(encoders.text_encoder.max_length),
         compute_dtype=dtype_name,
+        buckets=args.buckets,
+        bucket_lengths=args.bucket_lengths,
+        windows=args.windows,
     )
     return encode_cache(
         args.shards,

@@ -5,6 +5,10 @@ Usage::
     python -m data_tools.inspect_shards /data/shards                 # table
     python -m data_tools.inspect_shards /data/shards --json          # the same numbers as JSON
     python -m data_tools.inspect_shards /data/shards --contact-sheet sheet.png --samples 6
+    python -m data_tools.inspect_shards /data/shards --height 480 --width 832 --num-frames 121 --bucket-tokens 80000
+
+The report ends with the automatic buckets (`data.buckets: auto`) of these clips for the given data options (the
+defaults of `DataOptions`: 352x640 pixels, 193 frames at 24 fps) and how many clips fall in each.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mova_train.data.inspection import contact_sheet, format_table, summarize
+from mova_train.data.inspection import BUCKET_OPTIONS, bucket_report, contact_sheet, format_table, summarize
+from mova_train.data.options import DataOptions
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,10 +36,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--samples", type=int, default=4, help="samples on the contact sheet")
     parser.add_argument("--frames", type=int, default=4, help="frames per sample on the contact sheet")
+    defaults = DataOptions()
+    for name in BUCKET_OPTIONS:
+        value = getattr(defaults, name)
+        kind = float if isinstance(value, float) else int
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value, help=f"data.{name}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = summarize(args.folder)
-    sys.stdout.write((json.dumps(summary, indent=1) if args.json else format_table(summary)) + "\n")
+    options = DataOptions(buckets="auto", **{n: getattr(args, n) for n in BUCKET_OPTIONS}).validate()
+    plan = bucket_report(args.folder, options)
+    summary["buckets"] = plan.rows()
+    summary["unbucketed"] = plan.unassigned
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    else:
+        table = format_table({k: v for k, v in summary.items() if k not in ("buckets", "unbucketed")})
+        sys.stdout.write(f"{table}\n\nautomatic buckets (data.buckets: auto)\n{plan.table()}\n")
     if args.contact_sheet is not None:
         contact_sheet(
             args.folder, args.contact_sheet, num_samples=args.samples, frames_per_sample=args.frames

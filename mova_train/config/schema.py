@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from mova_train.data.options import DataOptions
+from mova_train.data.sources import DataSource
 from mova_train.data.synthetic import SyntheticSpec
 
 __all__ = ["DataConfig", "TrainConfig", "TrainerConfig", "register_configs"]
@@ -34,12 +35,15 @@ class DataConfig(DataOptions):
         val_shards: Validation shards, or null.
         synthetic: The embedded synthetic dataset (`SyntheticSpec`), made by `MovaDataModule.prepare_data` when
             `shards` is its folder and missing.
+        sources: Several training shard sets mixed with weights (`[{shards, weight, repeats}]`,
+            `mova_train.data.sources.DataSource`), with `shards: null`.
     """
 
     _target_: str = "mova_train.data.datamodule.MovaDataModule"
     shards: Any = MISSING
     val_shards: Any = None
     synthetic: SyntheticSpec | None = None
+    sources: list[DataSource] | None = None
 
 
 @dataclass

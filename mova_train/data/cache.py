@@ -79,6 +79,12 @@ class CacheSettings:
         missing_audio: "skip" or "silence" (which clips exist, and their `audio_mask`).
         text_len: Rows of the text encoder output (tokens beyond it are truncated).
         compute_dtype: "bf16" or "fp32", the dtype the encoders ran in.
+        buckets: None (every clip at `height x width x num_frames`) or "auto": each clip at its bucket of
+            `mova_train.data.buckets.propose_buckets` over the raw shards (budget `height * width` pixels, at most
+            `num_frames` frames).
+        bucket_lengths: Frame-count tiers of `buckets="auto"`.
+        windows: None (one window at `window_start`), "stride", "slide" or a number of windows per clip
+            (`mova_train.data.windows.window_starts`); no window spans a scene cut.
     """
 
     num_frames: int
@@ -91,10 +97,21 @@ class CacheSettings:
     missing_audio: str = "skip"
     text_len: int = 512
     compute_dtype: str = "fp32"
+    buckets: str | None = None
+    bucket_lengths: int | None = None
+    windows: str | int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serializable dict."""
-        return dataclasses.asdict(self)
+        """Plain JSON-serializable dict (the optional `buckets`/`bucket_lengths`/`windows` only when set, so that
+        caches made before they existed keep their fingerprint)."""
+        out = dataclasses.asdict(self)
+        for name in _OPTIONAL_SETTINGS:
+            if out[name] is None:
+                del out[name]
+        return out
+
+
+_OPTIONAL_SETTINGS = ("buckets", "bucket_lengths", "windows")
 
 
 # ------------------------------------------------------------------------------------------------ hashing

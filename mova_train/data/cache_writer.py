@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mova_train.data.buckets import Bucket, plan_buckets
 from mova_train.data.cache import (
     CACHE_KIND,
     CACHE_VERSION,
@@ -43,9 +44,11 @@ from mova_train.data.cache import (
     write_empty_latents,
     write_json_atomic,
 )
-from mova_train.data.decode import DecodeError, decode_clip
-from mova_train.data.pipeline import iter_shard, parse_record, resolve_shards, shard_counts
+from mova_train.data.decode import ClipTooShort, DecodeError, decode_clip
+from mova_train.data.options import AUTO_BUCKETS, DataOptions
+from mova_train.data.pipeline import assign_bucket, iter_shard, parse_record, resolve_shards, shard_counts
 from mova_train.data.schema import LATENTS_KEY, RECORD_KEY, VIDEO_KEY, add_member
+from mova_train.data.windows import first_start, window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +132,8 @@ class ShardEncoder:
         batch_size: Clips per encoder call.
         device: Where the encoders run.
         dtype: Encoder compute dtype (inputs are cast to it).
+        buckets: The `(height, width, num_frames)` buckets of `settings.buckets="auto"` (each clip is encoded at
+            the one `assign_bucket` gives it), or None for the settings' single size.
     """
 
     def __init__(
@@ -139,6 +144,7 @@ class ShardEncoder:
         batch_size: int,
         device: torch.device,
         dtype: torch.dtype,
+        buckets: Sequence[Bucket] | None = None,
     ):
         self.encoders = encoders
         self.settings = settings
@@ -146,26 +152,56 @@ class ShardEncoder:
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.buckets = list(buckets) if buckets else None
 
-    def _decode(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def windows(self, record: dict[str, Any]) -> tuple[Bucket, list[float]]:
+        """The clip's bucket and its window starts (seconds), none across a scene cut.
+
+        Raises:
+            ClipTooShort: No bucket or no scene holds a window.
+        """
+        s = self.settings
+        where = record.get("source_path", "<clip>")
+        bucket: Bucket | None = (s.height, s.width, s.num_frames)
+        if self.buckets:
+            bucket = assign_bucket(record, self.buckets, s.fps, cached=False)
+            if bucket is None:
+                raise ClipTooShort(
+                    f"{where}: lasts {record.get('duration')} s, fits no bucket {self.buckets}"
+                )
+        if s.windows is None:
+            start = first_start(record, bucket[2], s.fps, s.window_start)
+            starts = [] if start is None else [start]
+        else:
+            starts = window_starts(record, bucket[2], s.fps, s.windows)
+        if not starts:
+            raise ClipTooShort(f"{where}: no scene holds {bucket[2]} frames at {s.fps:g} fps")
+        return bucket, starts
+
+    def _decode(self, sample: dict[str, Any], bucket: Bucket, start: float, index: int) -> dict[str, Any]:
         s = self.settings
         record = parse_record(sample)
         if VIDEO_KEY not in sample:
             raise DecodeError(f"{sample.get('__url__')}:{sample.get('__key__')}: no {VIDEO_KEY} member")
+        height, width, num_frames = bucket
         item = decode_clip(
             sample[VIDEO_KEY],
             record,
-            num_frames=s.num_frames,
+            num_frames=num_frames,
             fps=s.fps,
-            height=s.height,
-            width=s.width,
-            start=s.window_start,
+            height=height,
+            width=width,
+            start=start,
             resize_mode=s.resize_mode,
             sample_rate=s.sample_rate,
             missing_audio=s.missing_audio,
         )
         item["record"] = record
-        item["key"] = sample["__key__"]
+        item["bucket"] = bucket
+        item["window_index"] = index
+        item["clip_key"] = sample["__key__"]
+        # one window keeps the clip's key; several get `<key>_wNNN` (a webdataset key, no dot)
+        item["key"] = sample["__key__"] if s.windows is None else f"{sample['__key__']}_w{index:03d}"
         return item
 
     @torch.no_grad()
@@ -209,10 +245,14 @@ class ShardEncoder:
             if name in record:
                 record[f"source_{name}"] = record[name]
         caption = str(record.get("caption", ""))
+        height, width, num_frames = item["bucket"]
         record.update(
-            num_frames=s.num_frames,
-            height=s.height,
-            width=s.width,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            window_start=item["start"],
+            window_index=item["window_index"],
+            clip_key=item["clip_key"],
             fingerprint=self.fingerprint,
             latents_sha256=latents_checksum(latents),
             n_tokens=n_tokens,
@@ -230,23 +270,35 @@ class ShardEncoder:
         return json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
     def _batches(self, url: str, skipped: dict[str, list[dict[str, str]]], bar: Any) -> Iterator[list[dict]]:
-        pending: list[dict[str, Any]] = []
+        """Decoded windows in batches of one bucket, decoded one at a time; a failing window is skipped and
+        counted under its key (a clip that fits no window: under the clip's key)."""
+        pending: dict[Bucket, list[dict[str, Any]]] = {}
+
+        def skip(key: str, err: Exception) -> None:
+            reason = getattr(err, "reason", "decode_error")
+            skipped.setdefault(reason, []).append({"key": key, "shard": Path(url).name, "detail": str(err)})
+            logger.warning("skip %s:%s (%s): %s", url, key, reason, err)
+
         for sample in _readable_samples(url, skipped):
             key = str(sample.get("__key__"))
+            bar.update(1)
             try:
-                pending.append(self._decode(sample))
+                bucket, starts = self.windows(parse_record(sample))
             except (DecodeError, KeyError, ValueError) as err:
-                reason = getattr(err, "reason", "decode_error")
-                skipped.setdefault(reason, []).append(
-                    {"key": key, "shard": Path(url).name, "detail": str(err)}
-                )
-                logger.warning("skip %s:%s (%s): %s", url, key, reason, err)
-                bar.update(1)
-            if len(pending) == self.batch_size:
-                yield pending
-                pending = []
-        if pending:
-            yield pending
+                skip(key, err)
+                continue
+            for i, start in enumerate(starts):
+                try:
+                    item = self._decode(sample, bucket, start, i)
+                except (DecodeError, KeyError, ValueError) as err:
+                    skip(key if self.settings.windows is None else f"{key}_w{i:03d}", err)
+                    continue
+                group = pending.setdefault(bucket, [])
+                group.append(item)
+                if len(group) == self.batch_size:
+                    yield pending.pop(bucket)
+        for bucket in sorted(pending):
+            yield pending[bucket]
 
     def encode_shard(self, url: str, out_path: Path, bar: Any) -> dict[str, Any]:
         """Encode one raw shard into `out_path` (written atomically) and its `.done` marker; return the marker."""
@@ -260,7 +312,6 @@ class ShardEncoder:
                         add_member(tar, f"{key}.{LATENTS_KEY}", latents)
                         add_member(tar, f"{key}.{RECORD_KEY}", record)
                         count += 1
-                    bar.update(len(items))
             os.replace(tmp, out_path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a crashed run leaves no partial shard behind
@@ -279,6 +330,24 @@ class ShardEncoder:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+
+
+def cache_buckets(settings: CacheSettings, urls: Sequence[str]) -> list[Bucket] | None:
+    """The buckets of `settings.buckets="auto"`, proposed from every raw shard's records (the same on every rank),
+    or None for the settings' single size."""
+    if settings.buckets is None:
+        return None
+    if settings.buckets != AUTO_BUCKETS:
+        raise ValueError(f"--buckets {settings.buckets!r}: only auto is supported (or leave it out)")
+    sizes = {
+        name: getattr(settings, name) for name in ("num_frames", "fps", "height", "width", "sample_rate")
+    }
+    lengths = settings.bucket_lengths or DataOptions.bucket_lengths
+    options = DataOptions(buckets=AUTO_BUCKETS, bucket_lengths=lengths, **sizes).validate()
+    plan = plan_buckets(options, urls, cached=False)
+    assert plan is not None
+    logger.info("encoding at the automatic buckets:\n%s", plan.table())
+    return plan.buckets
 
 
 def _write_index(
@@ -372,7 +441,8 @@ def encode_cache(
     inputs = fingerprint_inputs(components_hashes, settings)
     device = torch.device(device)
     encoders = encoders.to(device=device, dtype=dtype)
-    worker = ShardEncoder(encoders, settings, fingerprint, batch_size, device, dtype)
+    buckets = cache_buckets(settings, urls)
+    worker = ShardEncoder(encoders, settings, fingerprint, batch_size, device, dtype, buckets)
 
     mine = list(range(rank, len(urls), world_size))
     counts = shard_counts([urls[i] for i in mine])
@@ -409,11 +479,12 @@ def encode_cache(
             summary["count"] += marker["count"]
             for reason, entries in marker["skipped"].items():
                 summary["skipped"][reason] = summary["skipped"].get(reason, 0) + len(entries)
-    with torch.no_grad():  # the t2av "no frame" latent of this size (also when every shard was reused)
-        empty = encoders.video_vae.encode_empty(settings.num_frames, settings.height, settings.width)[0]
-    write_empty_latents(
-        out_dir, {size_key(settings.num_frames, settings.height, settings.width): empty}, fingerprint
-    )
+    empty = {}
+    for height, width, frames in buckets or [(settings.height, settings.width, settings.num_frames)]:
+        with torch.no_grad():  # the t2av "no frame" latent of each size (also when every shard was reused)
+            empty[size_key(frames, height, width)] = encoders.video_vae.encode_empty(frames, height, width)[0]
+    write_empty_latents(out_dir, empty, fingerprint)
+    summary["buckets"] = buckets
     summary["index"] = _write_index(out_dir, urls, fingerprint, inputs, str(shards))
     if summary["index"] is None:
         logger.info("rank %d done; index.json is written by the last rank to finish", rank)

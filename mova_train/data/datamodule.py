@@ -11,7 +11,9 @@ LightningModule: Lightning then skips the datamodule's hook, which also records 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,9 +24,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from mova_train.data.buckets import BucketPlan, plan_buckets
 from mova_train.data.decode import to_model_range
 from mova_train.data.options import DataConfigError, DataOptions
 from mova_train.data.pipeline import STREAM_KEY, StreamConfig, TrainStream, ValStream, resolve_shards
+from mova_train.data.sources import check_sources, resolve_sources
 from mova_train.data.synthetic import SyntheticSpec, prepare_synthetic
 
 logger = logging.getLogger(__name__)
@@ -118,19 +122,23 @@ class MovaDataModule(LightningDataModule):
     """Raw (decode clips) or cached (read latents) webdataset shards for MOVA training.
 
     Args:
-        shards: Training shards: a folder with `index.json`, a glob, a brace pattern or a list.
+        shards: Training shards: a folder with `index.json`, a glob, a brace pattern or a list (None with
+            `sources`).
         val_shards: Validation shards (same forms); None disables validation.
         synthetic: A `SyntheticSpec` (or its dict): `prepare_data` makes the embedded synthetic dataset when
             `shards` is the spec's own folder and has no `index.json` yet.
+        sources: Several training shard sets mixed with sampling weights, `[{shards, weight, repeats}]`
+            (`mova_train.data.sources`), instead of `shards`.
         **options: `DataOptions` fields (`mode`, `num_frames`, `fps`, `batch_size`, ...), checked here, before
             any data is read.
     """
 
     def __init__(
         self,
-        shards: str | Sequence[str],
+        shards: str | Sequence[str] | None = None,
         val_shards: str | Sequence[str] | None = None,
         synthetic: SyntheticSpec | Mapping[str, Any] | None = None,
+        sources: Sequence[Mapping[str, Any]] | None = None,
         **options: Any,
     ):
         super().__init__()
@@ -140,6 +148,13 @@ class MovaDataModule(LightningDataModule):
                 f"unknown data options {unknown}; the options are {list(DataOptions.names())}"
             )
         self.options = DataOptions(**options).validate()
+        if (shards is None) == (sources is None):
+            raise DataConfigError(
+                "give data.shards or data.sources, not both (set data.shards=null to mix data.sources)"
+                if sources is not None
+                else "data.shards is missing: give a shard folder, glob or list (or data.sources)"
+            )
+        self.sources = None if sources is None else [dataclasses.asdict(s) for s in check_sources(sources)]
         self.shards_spec = shards
         self.val_shards_spec = val_shards
         self.synthetic = SyntheticSpec.from_any(synthetic)
@@ -150,6 +165,7 @@ class MovaDataModule(LightningDataModule):
         self.tracker = StreamTracker()
         self.val_stats: dict[int, dict[str, Any]] = {}
         self.rank, self.world_size = 0, 1
+        self.plan: BucketPlan | None = None
         self._train: TrainStream | None = None
         self._val: ValStream | None = None
 
@@ -173,16 +189,48 @@ class MovaDataModule(LightningDataModule):
         else:
             self.rank, self.world_size = _rank_world()
         options = self.options.options()
-        train_shards = resolve_shards(self.shards_spec)
-        if self.options.mode == "cached":
+        mix: dict[str, Any] = {}
+        if self.sources is not None:
+            resolved = resolve_sources(self.sources)
+            train_shards = resolved.shards
+            mix = {"shard_sources": resolved.shard_sources, "source_weights": resolved.weights}
+            shares = [w / sum(resolved.weights) for w in resolved.weights]
+            logger.info(
+                "data.sources: %d sources, samples %s, shares %s", len(shares), resolved.counts, shares
+            )
+        else:
+            train_shards = resolve_shards(self.shards_spec)
+        cached = self.options.mode == "cached"
+        if cached:
             self._check_caches(train_shards)
-        train_cfg = StreamConfig(shards=train_shards, epoch=self.epoch, **options)
+        self.plan = plan_buckets(self.options, train_shards, cached)
+        if self.plan is not None:
+            options["buckets"] = self.plan.buckets
+            logger.info("bucket plan of the training shards:\n%s", self.plan.table())
+        train_cfg = StreamConfig(
+            shards=train_shards,
+            epoch=self.epoch,
+            bucket_batch=None if self.plan is None else self.plan.batch_sizes,
+            **mix,
+            **options,
+        )
         self._train = TrainStream(train_cfg, self.rank, self.world_size)
         if self.val_shards_spec is not None:
             val_cfg = StreamConfig(
                 shards=resolve_shards(self.val_shards_spec), **{**options, "batch_size": self.val_batch_size}
             )
             self._val = ValStream(val_cfg, self.rank, self.world_size)
+
+    def stream_layout(self) -> dict[str, Any]:
+        """What the training batches are made of besides seeds and positions (checked on resume): the buckets
+        with their batch sizes and the source shares (None when not used). Call after `setup`."""
+        cfg = self._train.cfg if self._train is not None else None
+        buckets = None
+        if cfg is not None and (cfg.bucket_batch or cfg.buckets):
+            sizes = cfg.batch_sizes()
+            buckets = [[*b, sizes if isinstance(sizes, int) else sizes[b]] for b in cfg.bucket_list()]
+        weights = list(cfg.source_weights) if cfg is not None and cfg.source_weights else None
+        return {"buckets": buckets, "source_weights": weights}
 
     def _check_caches(self, shards: Sequence[str]) -> None:
         """Refuse a latent cache encoded with other settings than this run's (before any training starts)."""
@@ -275,14 +323,15 @@ class MovaDataModule(LightningDataModule):
             "batch_size": self.options.batch_size,
             "world_size": self.world_size,
             "num_workers": self.num_workers,
+            "layout": self.stream_layout(),
             "ranks": ranks,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the training stream where the checkpoint left it.
 
-        A checkpoint from another world size or worker count cannot be continued exactly: the stream then restarts
-        with the next stream epoch (fresh seeds) and a warning.
+        A checkpoint from another world size, worker count, seed, bucket plan or source mix cannot be continued
+        exactly: the stream then restarts with the next stream epoch (fresh seeds) and a warning.
 
         Raises:
             DataConfigError: the checkpoint was trained with another `data.batch_size` (positions count batches:
@@ -299,21 +348,27 @@ class MovaDataModule(LightningDataModule):
         rank, world = (self.rank, self.world_size)
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        self._ensure_setup()
+        layout = json.loads(json.dumps(self.stream_layout()))
+        saved_layout = state_dict.get("layout", {"buckets": None, "source_weights": None})
         same_layout = (
             state_dict.get("world_size") == world
             and state_dict.get("num_workers") == self.num_workers
             and state_dict.get("seed") == self.options.seed
+            and json.loads(json.dumps(saved_layout)) == layout
         )
         if not same_layout:
             logger.warning(
-                "data state was saved with world_size=%s num_workers=%s seed=%s, now %s/%s/%s: the training stream "
-                "restarts with fresh seeds (stream epoch %d) instead of continuing exactly",
+                "data state was saved with world_size=%s num_workers=%s seed=%s layout=%s, now %s/%s/%s/%s: the "
+                "training stream restarts with fresh seeds (stream epoch %d) instead of continuing exactly",
                 state_dict.get("world_size"),
                 state_dict.get("num_workers"),
                 state_dict.get("seed"),
+                saved_layout,
                 world,
                 self.num_workers,
                 self.options.seed,
+                layout,
                 self.epoch + 1,
             )
             self.epoch += 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tarfile
@@ -14,6 +15,8 @@ from typing import Any
 from tqdm import tqdm
 
 from mova_train.data import schema
+from mova_train.data.buckets import BucketPlan, plan_buckets
+from mova_train.data.options import DataOptions
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,33 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "flags": {flag: len(items) for flag, items in index.get("flags", {}).items()},
         "count_mismatch": mismatched,
     }
+
+
+BUCKET_OPTIONS = (
+    "height",
+    "width",
+    "num_frames",
+    "fps",
+    "sample_rate",
+    "batch_size",
+    "bucket_tokens",
+    "bucket_lengths",
+    "audio_hop",
+)
+"""The `DataOptions` that change the automatic buckets (command-line options of `inspect_shards`)."""
+
+
+def bucket_report(folder: str | Path, options: DataOptions) -> BucketPlan:
+    """The automatic buckets of a shard folder (raw: proposed from its records; a latent cache: the sizes it was
+    encoded at) for `options`, with clips per bucket."""
+    index = schema.read_index(folder)
+    plan = plan_buckets(
+        dataclasses.replace(options, buckets="auto"),
+        schema.shard_urls(folder),
+        cached=index.get("kind") == schema.CACHE_KIND,
+    )
+    assert plan is not None
+    return plan
 
 
 def format_table(summary: dict[str, Any]) -> str:

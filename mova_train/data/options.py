@@ -42,7 +42,16 @@ class DataOptions:
         missing_audio: "skip" clips without audio, or keep them with "silence" (`audio_mask=False`).
         max_skip_rate: Stop with an error past this fraction of skipped samples (per worker), in [0, 1].
         skip_rate_min_samples: Samples seen before the skip rate is checked.
-        buckets: `[height, width, num_frames]` entries for aspect / resolution / length bucketing.
+        buckets: `[height, width, num_frames]` entries for aspect / resolution / length bucketing, or "auto":
+            proposed from the training clips' records (`mova_train.data.buckets`) near `height x width` pixels
+            and up to `num_frames` frames, with a batch size per bucket from `bucket_tokens`.
+        bucket_tokens: Token budget per batch (video + audio DiT tokens, `buckets.TokenCost`); when set (or
+            with `buckets: auto`) each bucket's batch size is the most samples within it (at least one sample
+            must fit). None: `batch_size` samples everywhere (with `auto`: `batch_size` samples of
+            `height x width x num_frames`).
+        bucket_lengths: Frame-count tiers of `buckets: auto` (quantiles of the clips' lengths).
+        audio_hop: Audio samples per audio token (the DAC hop: 960 at 48 kHz for the release, 8 for the tiny
+            DAC), for `bucket_tokens`.
         shuffle_buffer: Samples in each worker's shuffle buffer.
         text_len: Text rows after padding (cached mode).
         batches_per_epoch: Training batches per Lightning epoch (None: infinite, use `trainer.max_steps`).
@@ -64,6 +73,9 @@ class DataOptions:
     max_skip_rate: float = 0.1
     skip_rate_min_samples: int = 32
     buckets: Any = None
+    bucket_tokens: int | None = None
+    bucket_lengths: int = 3
+    audio_hop: int = 960
     shuffle_buffer: int = 8
     text_len: int = 512
     batches_per_epoch: int | None = None
@@ -119,20 +131,31 @@ class DataOptions:
         rate = self.max_skip_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= float(rate) <= 1.0:
             raise DataConfigError(f"data.max_skip_rate={rate!r} must be a fraction in [0, 1] (e.g. 0.1)")
+        if self.bucket_tokens is not None:
+            _positive_int("bucket_tokens", self.bucket_tokens, hint="video + audio tokens per batch, or null")
+        _positive_int("bucket_lengths", self.bucket_lengths, hint="frame-count tiers of buckets: auto")
+        _positive_int(
+            "audio_hop", self.audio_hop, hint="audio samples per audio token: 960 for the release DAC"
+        )
         self.buckets = normalize_buckets(self.buckets)
         return self
 
 
-def normalize_buckets(buckets: Any) -> list[tuple[int, int, int]] | None:
-    """Check `data.buckets` and return it as a list of int tuples (or None).
+AUTO_BUCKETS = "auto"
+
+
+def normalize_buckets(buckets: Any) -> list[tuple[int, int, int]] | str | None:
+    """Check `data.buckets` and return it as a list of int tuples, "auto" or None.
 
     Raises:
         DataConfigError: An entry is not `[height % 16, width % 16, 4k + 1 frames]`.
     """
-    if buckets is None:
-        return None
+    if buckets is None or buckets == AUTO_BUCKETS:
+        return buckets
     if isinstance(buckets, str):
-        raise DataConfigError(f"data.buckets={buckets!r}: use null or a list of [height, width, frames]")
+        raise DataConfigError(
+            f"data.buckets={buckets!r}: use null, auto or a list of [height, width, frames]"
+        )
     out = []
     for b in buckets:
         entry = tuple(b) if isinstance(b, list | tuple) else (b,)

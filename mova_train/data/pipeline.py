@@ -28,7 +28,7 @@ import math
 import os
 import random
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mova_train.data.decode import DecodeError, decode_clip
+from mova_train.data.decode import ClipTooShort, DecodeError, decode_clip
 from mova_train.data.options import DataOptions
+from mova_train.data.windows import first_start, longest_scene, random_start
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,29 @@ class StreamConfig(DataOptions):
     Attributes:
         shards: Shard paths (see `resolve_shards`).
         epoch: Stream generation, part of every derived seed.
+        bucket_batch: Samples per batch of each bucket (from a token budget, `buckets.BucketPlan`); None:
+            `batch_size` everywhere.
+        shard_sources: Source index of every shard (`data.sources`); empty: one source.
+        source_weights: Sampling share of every source (normalized when drawn).
     """
 
     shards: list[str] = field(default_factory=list)
     epoch: int = 0
+    bucket_batch: dict[Bucket, int] | None = None
+    shard_sources: list[int] = field(default_factory=list)
+    source_weights: list[float] = field(default_factory=list)
 
     def bucket_list(self) -> list[Bucket]:
         """The configured buckets, or the single `(height, width, num_frames)` one."""
+        if self.buckets == "auto":
+            raise ValueError("data.buckets=auto must be resolved to buckets (MovaDataModule.setup) first")
         if self.buckets:
             return [tuple(int(v) for v in b) for b in self.buckets]  # type: ignore[misc]
         return [(self.height, self.width, self.num_frames)]
+
+    def batch_sizes(self) -> dict[Bucket, int] | int:
+        """Per-bucket batch sizes, or the one `batch_size`."""
+        return dict(self.bucket_batch) if self.bucket_batch else self.batch_size
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -233,12 +247,12 @@ def assign_bucket(
 ) -> Bucket | None:
     """Stage 2: the bucket a clip goes to, or None when it is too short for all of them.
 
-    Raw mode: among buckets whose `num_frames / fps` fits in the clip's duration, the one nearest the clip's aspect
+    Raw mode: among buckets whose `num_frames / fps` fits in the clip's longest scene, the one nearest the clip's aspect
     ratio (log scale), then the most frames, then the most pixels. Cached mode: the clip's encoded size.
     """
     if cached:
         return (int(record["height"]), int(record["width"]), int(record["num_frames"]))
-    duration = float(record.get("duration", math.inf))
+    duration = longest_scene(record) if "duration" in record else math.inf
     aspect = math.log(float(record.get("width", 1)) / float(record.get("height", 1)))
     fitting = [b for b in buckets if b[2] / fps <= duration + 1e-6]
     if not fitting:
@@ -247,14 +261,15 @@ def assign_bucket(
 
 
 def bucket_batches(
-    samples: Iterable[tuple[Bucket, dict[str, Any]]], batch_size: int, flush: bool
+    samples: Iterable[tuple[Bucket, dict[str, Any]]], batch_size: int | Mapping[Bucket, int], flush: bool
 ) -> Iterator[tuple[Bucket, list[dict[str, Any]]]]:
-    """Stage 3: emit `(bucket, samples)` whenever a bucket holds `batch_size` samples; flush leftovers at the end."""
+    """Stage 3: emit `(bucket, samples)` whenever a bucket holds its batch size (one for all, or per bucket) of
+    samples; flush leftovers at the end."""
     pending: dict[Bucket, list[dict[str, Any]]] = {}
     for bucket, sample in samples:
         group = pending.setdefault(bucket, [])
         group.append(sample)
-        if len(group) == batch_size:
+        if len(group) == (batch_size if isinstance(batch_size, int) else batch_size[bucket]):
             yield bucket, pending.pop(bucket)
     if flush:
         for bucket in sorted(pending):
@@ -275,7 +290,8 @@ def raw_stage(
         bucket: `(height, width, num_frames)`.
         cfg: Stream settings.
         counter: The worker's skip counter.
-        seeds: Per-sample seeds of the random window start, or None for the fixed start 0 (validation).
+        seeds: Per-sample seeds of the random window start (inside one scene), or None for the fixed start of
+            validation (0, or the first in-scene start of a clip with cuts).
     """
     height, width, num_frames = bucket
     out = []
@@ -283,9 +299,14 @@ def raw_stage(
         where = f"{sample.get('__url__')}:{sample.get('__key__')}"
         try:
             record = parse_record(sample)
-            gen = None
+            gen, start = None, 0.0
             if seeds is not None:
                 gen = torch.Generator().manual_seed(seeds[j])
+                start = random_start(record, num_frames, cfg.fps, gen)  # in one scene (None: no cuts)
+            else:
+                start = first_start(record, num_frames, cfg.fps)
+                if start is None:
+                    raise ClipTooShort(f"{where}: no scene holds {num_frames} frames at {cfg.fps:g} fps")
             item = decode_clip(
                 sample["mp4"],
                 record,
@@ -293,7 +314,7 @@ def raw_stage(
                 fps=cfg.fps,
                 height=height,
                 width=width,
-                start=None if seeds is not None else 0.0,
+                start=start,
                 generator=gen,
                 resize_mode=cfg.resize_mode,
                 sample_rate=cfg.sample_rate,
@@ -432,19 +453,53 @@ class TrainStream(IterableDataset):
         self.worker_offset = 0
         self.counts = shard_counts(cfg.shards)
 
-    def _raw_samples(self, rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, Any]]:
-        """Resampled shards (drawn with replacement) through a shuffle buffer; never ends."""
-        urls = self.cfg.shards
-        buffer: list[dict[str, Any]] = []
+    def _sources(self) -> list[list[int]]:
+        """Shard indices of every source, in source order (one source when `shard_sources` is empty)."""
+        if not self.cfg.shard_sources:
+            return [list(range(len(self.cfg.shards)))]
+        groups: dict[int, list[int]] = {}
+        for k, source in enumerate(self.cfg.shard_sources):
+            groups.setdefault(source, []).append(k)
+        return [groups[source] for source in sorted(groups)]
+
+    def _shard_samples(
+        self, shards: list[int], rng: random.Random, counter: SkipCounter
+    ) -> Iterator[dict[str, Any]]:
+        """The samples of shards drawn with replacement from `shards` (indices into `cfg.shards`); never ends."""
         while True:
-            k = rng.randrange(len(urls))
-            for sample in read_shard(urls[k], counter, self.counts[k]):
-                if len(buffer) < self.cfg.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                k = rng.randrange(len(buffer))
-                buffer[k], sample = sample, buffer[k]
-                yield sample
+            k = shards[rng.randrange(len(shards))]
+            yield from read_shard(self.cfg.shards[k], counter, self.counts[k])
+
+    def _mixed_samples(
+        self, sources: list[list[int]], rng: random.Random, counter: SkipCounter
+    ) -> Iterator[dict[str, Any]]:
+        """Each next sample from a source drawn with `source_weights` (own RNGs for the draw and every source)."""
+        base = rng.getrandbits(63)
+        draw = random.Random(derive_seed(base, "mix"))
+        streams = [
+            self._shard_samples(shards, random.Random(derive_seed(base, "source", i)), counter)
+            for i, shards in enumerate(sources)
+        ]
+        choices = list(range(len(streams)))
+        while True:
+            yield next(streams[draw.choices(choices, weights=self.cfg.source_weights)[0]])
+
+    def _raw_samples(self, rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, Any]]:
+        """Resampled shards (drawn with replacement; per source when mixing) through a shuffle buffer; never
+        ends."""
+        sources = self._sources()
+        if len(sources) == 1:
+            samples = self._shard_samples(sources[0], rng, counter)
+        else:
+            samples = self._mixed_samples(sources, rng, counter)
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            if len(buffer) < self.cfg.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            k = rng.randrange(len(buffer))
+            buffer[k], sample = sample, buffer[k]
+            yield sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         loader_worker, num_workers = worker_slot()
@@ -460,7 +515,7 @@ class TrainStream(IterableDataset):
         if skip_to:
             logger.info("rank %d worker %d resumes its stream at batch %d", self.rank, worker, skip_to)
         stream = _bucketed(self._raw_samples(rng, counter), cfg, counter)
-        for index, (bucket, group) in enumerate(bucket_batches(stream, cfg.batch_size, flush=False)):
+        for index, (bucket, group) in enumerate(bucket_batches(stream, cfg.batch_sizes(), flush=False)):
             if index < skip_to:  # fast-forward without decoding
                 if index == skip_to - 1:
                     if restored is not None:
@@ -512,7 +567,7 @@ class ValStream(IterableDataset):
         cfg = self.cfg
         counter = SkipCounter(cfg.max_skip_rate, cfg.skip_rate_min_samples)
         stream = _bucketed(self._slice(worker, num_workers, counter), cfg, counter)
-        for index, (bucket, group) in enumerate(bucket_batches(stream, cfg.batch_size, flush=True)):
+        for index, (bucket, group) in enumerate(bucket_batches(stream, cfg.batch_sizes(), flush=True)):
             items = _decode_batch(cfg, bucket, group, counter, None)
             if items:
                 batch = collate(items)

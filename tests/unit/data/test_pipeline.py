@@ -8,6 +8,7 @@ import tarfile
 import pytest
 import torch
 from helpers.shards import encode_safetensors, write_tar
+from helpers.streams import take_batches
 
 from mova_train.data.cache import cond_with_mask, latents_checksum
 from mova_train.data.datamodule import MovaDataModule
@@ -88,16 +89,8 @@ def test_buckets_group_by_aspect_and_length(shards):
 
 
 def _take(dm: MovaDataModule, n: int, consume: int | None = None) -> list[list[str]]:
-    """Receive n batches from the train loader; mark the first `consume` (default all) as trained on."""
-    out = []
-    loader = dm.train_dataloader()
-    for i, batch in enumerate(loader):
-        if consume is None or i < consume:
-            dm.finalize_batch(batch, consumed=True)
-        out.append(batch["key"])
-        if len(out) == n:
-            break
-    return out
+    """The keys of n batches received from the train loader; the first `consume` (default all) trained on."""
+    return [b["key"] for b in take_batches(dm, n, consume)]
 
 
 def test_resumed_train_stream_continues_without_repeats_or_gaps(shards):
