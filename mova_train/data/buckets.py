@@ -1,7 +1,7 @@
 """Automatic buckets (`data.buckets: auto`): resolution x frame-count buckets proposed from the clips' records, and
 a batch size per bucket from a token budget.
 
-Proposal (`propose_buckets`), from every clip's `width`, `height`, `duration` (and `scene_cuts`):
+Proposal (`propose_buckets`), from every clip's `width`, `height`, `duration` (and `cuts`):
 
 1. Aspect groups: clips whose aspect ratios round to the same step of `ASPECT_STEP` on a log scale form one group;
    its resolution keeps the group's median aspect at about `pixels` pixels per frame (never more, never more than
@@ -209,7 +209,7 @@ def propose_buckets(
     """Buckets for a set of clips (see the module docstring).
 
     Args:
-        records: Clip records (`width`, `height`, `duration`, optional `scene_cuts`, `fps`).
+        records: Clip records (`width`, `height`, `duration`, optional `cuts`, `fps`).
         pixels: Pixel budget per frame (e.g. 352 * 640).
         max_frames: Longest window, `4k + 1`.
         fps: Target frame rate.

@@ -2,8 +2,9 @@
 
 A window of `F` frames at `fps` lasts `F / fps` seconds and starts at a source frame time `k / src_fps` (so that the
 first output frame starts exactly when its audio does, as `decode_clip` draws it). A clip's record may carry
-`scene_cuts` (`SCENE_CUTS_KEY`): sorted cut times in seconds from the first video frame, each the start of a new
-scene (written by `build_shards --detect-cuts`; absent or empty = one scene). A window never spans a cut:
+`cuts` (`ClipRecord.cuts`, `SCENE_CUTS_KEY`): sorted cut times in seconds from the first video frame, each the
+start of a new scene (written by `build_shards --detect-cuts`, `mova_train.data.scenes`; None or [] = one scene).
+A window never spans a cut:
 
 - the latent cache (`data_tools.encode --windows stride|slide|N`) encodes the fixed windows of `window_starts`;
 - raw-mode training draws a random start among every in-scene start (`random_start`); clips without cuts keep
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 
 from mova_train.data.decode import ClipTooShort
+from mova_train.data.scenes import scene_spans
 
-SCENE_CUTS_KEY = "scene_cuts"
+SCENE_CUTS_KEY = "cuts"  # `ClipRecord.cuts`
 WINDOW_POLICIES = ("stride", "slide")
 _EPS = 1e-6
 
@@ -44,28 +46,14 @@ def parse_policy(value: str | int | None) -> Policy | None:
     )
 
 
-def scene_spans(record: Mapping[str, Any]) -> list[tuple[float, float]]:
-    """The clip's scenes as `(start, end)` seconds, from its `duration` and `scene_cuts`.
-
-    Raises:
-        ValueError: `scene_cuts` is not a list of numbers (names the clip and the field).
-    """
-    duration = float(record["duration"])
-    cuts = record.get(SCENE_CUTS_KEY) or []
-    if not isinstance(cuts, list | tuple) or not all(
-        isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in cuts
-    ):
-        raise ValueError(
-            f"record of {record.get('source_path', '<clip>')!r}: field {SCENE_CUTS_KEY!r} must be a list of "
-            f"cut times in seconds (got {cuts!r}); rebuild the shards with build_shards --detect-cuts"
-        )
-    edges = [0.0, *sorted(float(c) for c in cuts if 0.0 < c < duration), duration]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+def record_scenes(record: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """The clip's scenes as `(start, end)` seconds, from its `duration` and `cuts` (`scenes.scene_spans`)."""
+    return [(a, b) for a, b in scene_spans(record.get(SCENE_CUTS_KEY), float(record["duration"])) if b > a]
 
 
 def longest_scene(record: Mapping[str, Any]) -> float:
     """Seconds of the clip's longest scene (its duration without cuts): the longest window that fits."""
-    return max((b - a for a, b in scene_spans(record)), default=0.0)
+    return max((b - a for a, b in record_scenes(record)), default=0.0)
 
 
 def _source_fps(record: Mapping[str, Any], fps: float) -> float:
@@ -84,7 +72,7 @@ def window_starts(record: Mapping[str, Any], num_frames: int, fps: float, policy
     """Fixed window starts (seconds, in clip order) of a clip for the latent cache.
 
     Args:
-        record: The clip's record (`duration`, `fps`, optional `scene_cuts`).
+        record: The clip's record (`duration`, `fps`, optional `cuts`).
         num_frames: Frames per window `F`.
         fps: Target frame rate (the window lasts `F / fps` seconds).
         policy: "stride": back-to-back windows from the start of every scene; "slide": a window every half
@@ -95,7 +83,7 @@ def window_starts(record: Mapping[str, Any], num_frames: int, fps: float, policy
     """
     window = num_frames / fps
     src_fps = _source_fps(record, fps)
-    spans = scene_spans(record)
+    spans = record_scenes(record)
     if isinstance(policy, int):
         starts = [k for span in spans for k in _start_frames(span, window, src_fps)]
         n = min(policy, len(starts))
@@ -122,7 +110,7 @@ def first_start(
         return not_before
     window = num_frames / fps
     src_fps = _source_fps(record, fps)
-    for span in scene_spans(record):
+    for span in record_scenes(record):
         frames = _start_frames((max(span[0], not_before), span[1]), window, src_fps)
         if frames:
             return frames[0] / src_fps
@@ -142,7 +130,7 @@ def random_start(
         return None
     window = num_frames / fps
     src_fps = _source_fps(record, fps)
-    ranges = [_start_frames(span, window, src_fps) for span in scene_spans(record)]
+    ranges = [_start_frames(span, window, src_fps) for span in record_scenes(record)]
     total = sum(len(r) for r in ranges)
     if total == 0:
         raise ClipTooShort(

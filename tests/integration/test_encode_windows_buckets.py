@@ -17,10 +17,10 @@ from mova_train.data.buckets import TokenCost, plan_buckets
 from mova_train.data.datamodule import MovaDataModule
 from mova_train.data.options import DataOptions
 from mova_train.data.pipeline import iter_shard, resolve_shards
+from mova_train.data.scenes import window_crosses_cut
 from mova_train.data.schema import read_index
 from mova_train.data.shard_builder import build_shards
 from mova_train.data.synthetic import make_clip
-from mova_train.data.windows import scene_spans
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +51,12 @@ def _records(folder: Path) -> list[dict]:
 
 
 def _add_cuts(folder: Path, cuts: list[float]) -> None:
-    """Write `scene_cuts` into the records of a raw shard folder (what build_shards --detect-cuts stores)."""
+    """Write `cuts` into the records of a raw shard folder (what build_shards --detect-cuts stores)."""
     index = json.loads((folder / "index.json").read_text())
     for shard in index["shards"]:
         path = folder / shard["name"]
         samples = [
-            {"__key__": s["__key__"], "mp4": s["mp4"], "json": {**json.loads(s["json"]), "scene_cuts": cuts}}
+            {"__key__": s["__key__"], "mp4": s["mp4"], "json": {**json.loads(s["json"]), "cuts": cuts}}
             for s in iter_shard(str(path))
         ]
         write_tar(path, samples)
@@ -115,11 +115,9 @@ def test_a_30s_clip_gives_the_expected_windows_none_across_a_cut(talk):
     assert len({r["key"] for r in records}) == 10 and {r["clip_key"] for r in records} == {
         records[0]["clip_key"]
     }
-    spans = scene_spans(records[0])
     for r in records:
-        start, end = r["window_start"], r["window_start"] + FRAMES / FPS
-        assert any(a <= start and end <= b for a, b in spans), (start, end)
-        assert r["cache"]["start"] == start and r["cache"]["windows"] == "stride"
+        assert r["cuts"] == CUTS and not window_crosses_cut(r["window_start"], FRAMES / FPS, CUTS, r["fps"])
+        assert r["cache"]["start"] == r["window_start"] and r["cache"]["windows"] == "stride"
         assert (r["height"], r["width"], r["num_frames"]) == (HEIGHT, WIDTH, FRAMES)
     assert read_index(talk / "cache")["total"] == 10
 

@@ -138,9 +138,7 @@ def test_release_sizes_and_records_only():
     for row in plan.rows():
         assert row["tokens_per_batch"] <= budget and row["batch_size"] >= 1
     assert clip_frames({"duration": 2.0}, 24.0, 193) == 45
-    assert (
-        clip_frames({"duration": 30.0, "scene_cuts": [4.0, 25.0]}, 24.0, 1000) == 501
-    )  # longest scene: 21 s
+    assert clip_frames({"duration": 30.0, "cuts": [4.0, 25.0]}, 24.0, 1000) == 501  # longest scene: 21 s
 
 
 def test_a_budget_below_one_sample_is_refused(mixed):
