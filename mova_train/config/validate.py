@@ -214,3 +214,8 @@ def check_shards(cfg: DictConfig) -> None:
             resolve_shards(value)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"data.{key}={value!r}: {err}") from err
+    for i, source in enumerate(values.get("sources") or []):  # data.sources (mixing): each set must exist
+        try:
+            resolve_shards(source.get("shards") or [])
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"data.sources[{i}].shards={source.get('shards')!r}: {err}") from err

@@ -30,6 +30,9 @@ BAD_FIT = [
     ("data.shards=/nowhere/*.tar", "data.shards='/nowhere/*.tar'"),
     ("data.shards=/nowhere/train-000000.tar", "matches no shard file"),
     ("data.val_shards=/nowhere/val", "data.val_shards"),
+    ("data.sources=[{shards: /nowhere/*.tar}]", "data.sources[0].shards='/nowhere/*.tar'"),
+    ("data.bucket_tokens=0", "data.bucket_tokens=0"),
+    ("data.buckets=automatic", "data.buckets='automatic'"),
 ]
 
 
