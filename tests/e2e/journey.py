@@ -47,6 +47,7 @@ TRAIN_LOW_RESOURCE = (
     f"python -m mova_train +recipe=lora_low_resource {RELEASE_DATA} hydra.run.dir=outputs/lora_low_resource"
 )
 TRAIN_NPU = f"python -m mova_train +recipe=lora_npu8 {RELEASE_DATA} hydra.run.dir=outputs/lora_npu8"
+TRAIN_LIPSYNC = f"python -m mova_train +recipe=lora_lipsync_a2v_1gpu_80gb {RELEASE_DATA} hydra.run.dir=outputs/lora_lipsync"
 SHOW_NPU = f"python -m mova_train +recipe=lora_npu8 {RELEASE_DATA} show=true"
 RESUME_LOW_NOISE = f"{TRAIN_LOW_NOISE} ckpt_path=last"
 TRAIN_FULL = (
@@ -114,6 +115,7 @@ TINY_TRAIN = (
     f"data.text_len={TEXT_LEN} data.num_workers=0 trainer.max_steps=2 callbacks.checkpoint.every_n_train_steps=1 "
     "lr_scheduler.warmup_steps=1"
 )
+TINY_VALIDATION = "callbacks.validation_sampling.sampling.steps=2"  # validation sampling at the end of fit
 TINY_TINY_CPU = "trainer.max_steps=2 sample.num_steps=2 data.synthetic.count=2"
 TINY_PREDICT = (
     f"sampling.num_frames={FRAMES} sampling.height={HEIGHT} sampling.width={WIDTH} sampling.steps=2"
@@ -149,6 +151,7 @@ TRAIN_RUNS: dict[str, tuple[str, ...]] = {
         "strategy.process_group_backend=gloo",
     ),
     "full_bridge": (TRAIN_FULL, CPU, TINY_TRAIN),
+    "lora_lipsync": (TRAIN_LIPSYNC, CPU, TINY_TRAIN, TINY_VALIDATION),
 }
 MULTI_PROCESS = {"lora_ddp", "lora_fsdp8", "lora_fsdp8_cp3", "lora_npu8"}
 
@@ -157,6 +160,7 @@ RECIPE_STEPS: dict[str, list[str]] = {
     "tiny_cpu": ["tiny_cpu"],
     "lora_1gpu_80gb": ["low_noise", "high_noise", "full_bridge", "kill -9 + ckpt_path=last"],
     "lora_ddp": ["lora_ddp"],
+    "lora_lipsync_a2v_1gpu_80gb": ["lora_lipsync"],
     "lora_fsdp8": ["lora_fsdp8", "lora_fsdp8_cp3"],
     "lora_low_resource": ["lora_low_resource"],
     "lora_npu8": ["show=true", "lora_npu8"],

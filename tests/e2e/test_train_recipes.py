@@ -3,6 +3,7 @@ only device and size overrides; multi-process recipes on 2 gloo processes with t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from e2e.workspace import Runs, Workspace
 from safetensors import safe_open
 
 from mova_train.config import CONF_DIR
+from mova_train.models.lora import lora_group
+from mova_train.models.lora_file import module_of, read_lora
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,10 +26,11 @@ TRAINING = {
     "low_noise": ({"video_dit_2", *TOWERS}, ()),
     "high_noise": ({"video_dit", *TOWERS}, ()),
     "lora_ddp": ({"video_dit_2", *TOWERS}, ()),
-    "lora_fsdp8": ({"video_dit", "video_dit_2", *TOWERS}, (2,)),
-    "lora_fsdp8_cp3": ({"video_dit", "video_dit_2", *TOWERS}, (2,)),
+    "lora_fsdp8": ({"video_dit", "video_dit_2", *TOWERS}, ()),
+    "lora_fsdp8_cp3": ({"video_dit", "video_dit_2", *TOWERS}, ()),
     "lora_low_resource": ({"video_dit_2", *TOWERS}, ()),
     "lora_npu8": ({"video_dit_2", *TOWERS}, ()),
+    "lora_lipsync": ({"video_dit_2", *TOWERS}, ()),
 }
 
 
@@ -65,6 +69,27 @@ def test_recipe_trains_and_exports_its_lora(runs: Runs, name: str) -> None:
         assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
     else:
         assert last.is_dir() and any(last.glob("*.distcp"))
+
+
+@pytest.mark.e2e_runs("lora_lipsync")
+def test_lipsync_recipe_trains_the_video_side_only(runs: Runs) -> None:
+    """The lip-sync recipe's claims: the audio-side LoRA groups (audio tower, bridge video->audio) never train
+    (their B stays zero, the file lists them frozen) while the video side does, and validation at the end of fit
+    samples each trained mode (a2v, i2av, t2av) with the first training clip's media."""
+    runs.train("lora_lipsync").check()
+    run = runs.dir("lora_lipsync")
+    lora = read_lora(run / "lora" / "lora.safetensors")
+    assert lora.meta is not None and set(lora.meta.frozen_groups) == {"audio", "bridge_v2a"}
+    b_by_group: dict[str, list[torch.Tensor]] = {}
+    for key, tensor in lora.tensors.items():
+        if ".lora_B." in key:
+            b_by_group.setdefault(lora_group(module_of(key)), []).append(tensor)
+    assert set(b_by_group) == {"video", "audio", "bridge_a2v", "bridge_v2a"}
+    for group in ("audio", "bridge_v2a"):
+        assert not any(t.any() for t in b_by_group[group]), f"frozen group {group} trained"
+    assert any(t.any() for t in b_by_group["video"]), "the video side did not train"
+    sidecars = sorted((run / "validation_samples").glob("step*/*.json"))
+    assert sorted(json.loads(p.read_text())["mode"] for p in sidecars) == ["a2v", "i2av", "t2av"]
 
 
 def test_npu_recipe_composes_and_builds(workspace: Workspace, cache: Path) -> None:
