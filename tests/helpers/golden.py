@@ -35,16 +35,28 @@ class Golden:
         return {k[len(head) :]: v for k, v in self.tensors.items() if k.startswith(head)}
 
 
+def comparable(ref: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether ``out`` can be checked against ``ref``: the same shape, or the same but for the leading batch
+    dimension, which one side has once (``[1, ...]``: the original computes a quantity once per call, e.g. the
+    time embedding of a shared timestep) and the other per sample (``[B, ...]``)."""
+    if out.shape == ref.shape:
+        return True
+    return (
+        out.dim() == ref.dim() >= 1 and out.shape[1:] == ref.shape[1:] and 1 in (out.shape[0], ref.shape[0])
+    )
+
+
 def assert_close_all(
     expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], tol: float = TOL
 ) -> None:
-    """Every expected tensor must be present in ``got`` with the same shape and max |diff| <= tol."""
+    """Every expected tensor must be present in ``got`` with max |diff| <= tol, compared with broadcasting over
+    the batch dimension where one side holds it once (:func:`comparable`): every sample must then match."""
     missing = sorted(set(expected) - set(got))
     assert not missing, f"not produced: {missing}"
     errors = {}
     for name, ref in expected.items():
         out = got[name].detach().to(torch.float32)
-        assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != golden {tuple(ref.shape)}"
+        assert comparable(ref, out), f"{name}: shape {tuple(out.shape)} != golden {tuple(ref.shape)}"
         errors[name] = (out - ref).abs().max().item()
     bad = {k: v for k, v in errors.items() if v > tol}
     assert not bad, f"max |diff| above {tol}: {bad}"

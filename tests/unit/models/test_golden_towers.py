@@ -21,21 +21,54 @@ def _load(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     assert not result.missing_keys and not result.unexpected_keys
 
 
-@pytest.mark.parametrize(
-    ("name", "tower_cls", "config_cls"),
-    [("video_dit", VideoDiT, VideoDiTConfig), ("audio_dit", AudioDiT, AudioDiTConfig)],
-)
-def test_tower_matches_golden(golden_dir, name, tower_cls, config_cls):
-    g = Golden(golden_dir, name)
+TOWERS = [("video_dit", VideoDiT, VideoDiTConfig), ("audio_dit", AudioDiT, AudioDiTConfig)]
+PER_CALL = ("t_emb", "t_mod")  # the original embeds a shared ([1]) timestep once per call
+
+
+def _check_tower(g: Golden, tower_cls, config_cls, groups: dict[str, dict[str, torch.Tensor]]) -> None:
     model = tower_cls(config_cls.from_dict(g.config)).eval()
     _load(model, g.weights())
     rec = Recorder()
     rec.watch_tower(model)
-    inputs = g.group("inputs")
+    inputs = groups["inputs"]
     with torch.no_grad():
         out = model(inputs["x"], inputs["timestep"], inputs["context"])
-    assert_close_all(g.group("outputs"), {"out": out})
-    assert_close_all(g.group("intermediates"), rec.values)
+    assert_close_all(groups["outputs"], {"out": out})
+    assert_close_all(groups["intermediates"], rec.values)
+
+
+@pytest.mark.parametrize(("name", "tower_cls", "config_cls"), TOWERS)
+def test_tower_matches_golden(golden_dir, name, tower_cls, config_cls):
+    g = Golden(golden_dir, name)
+    _check_tower(g, tower_cls, config_cls, {k: g.group(k) for k in ("inputs", "outputs", "intermediates")})
+
+
+@pytest.mark.parametrize(("name", "tower_cls", "config_cls"), TOWERS)
+def test_tower_matches_a_batched_golden_set(golden_dir, name, tower_cls, config_cls):
+    """A golden set in the same format with a batch of 3 and one shared timestep: the original's per-call
+    quantities stay ``[1, ...]`` while ours are per sample (``[3, ...]``); the comparison broadcasts them."""
+    g = Golden(golden_dir, name)
+    groups = {k: g.group(k) for k in ("inputs", "outputs", "intermediates")}
+    batched = {
+        kind: {
+            k: v if k == "timestep" or k in PER_CALL else v.expand(3, *v.shape[1:]).clone()
+            for k, v in tensors.items()
+        }
+        for kind, tensors in groups.items()
+    }
+    assert batched["inputs"]["timestep"].shape == (1,) and batched["intermediates"]["t_emb"].shape[0] == 1
+    _check_tower(g, tower_cls, config_cls, batched)
+
+
+def test_batch_broadcast_still_checks_every_sample():
+    ref = torch.zeros(1, 4)
+    assert_close_all({"t_emb": ref}, {"t_emb": torch.zeros(3, 4)})
+    with pytest.raises(AssertionError, match="max"):
+        assert_close_all({"t_emb": ref}, {"t_emb": torch.tensor([[0.0] * 4, [0.0] * 4, [1.0] * 4])})
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close_all({"t_emb": torch.zeros(2, 4)}, {"t_emb": torch.zeros(3, 4)})
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close_all({"t_emb": ref}, {"t_emb": torch.zeros(3, 5)})
 
 
 def test_bridge_layer_matches_golden(golden_dir):
