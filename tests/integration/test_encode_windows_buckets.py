@@ -11,6 +11,9 @@ import pytest
 import torch
 from helpers.shards import write_tar
 from helpers.streams import take_batches
+from helpers.tiny_latents import tiny_module
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import data_tools.encode as encode_tool
 from mova_train.data.buckets import TokenCost, plan_buckets
@@ -21,6 +24,7 @@ from mova_train.data.scenes import window_crosses_cut
 from mova_train.data.schema import read_index
 from mova_train.data.shard_builder import build_shards
 from mova_train.data.synthetic import make_clip
+from mova_train.models.lora import LoraSpec
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +183,43 @@ def test_mixed_bucketed_windowed_training_resumes_bit_identically(talk, mixed):
         for name, value in b.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(a[name], value), name
+
+
+def test_training_on_the_mixed_stream_resumes_bit_identically(talk, mixed, tmp_path):
+    """The tiny model trained 4 steps straight == 2 steps, checkpoint, 2 resumed steps (weights and optimizer
+    state of the LoRA, with windows, mixing and automatic buckets in the stream)."""
+    sources = [
+        {"shards": str(talk / "cache"), "weight": 2.0},
+        {"shards": str(mixed / "cache"), "weight": 1.0},
+    ]
+    kw = dict(
+        mode="cached", buckets="auto", num_frames=FRAMES, fps=FPS, height=HEIGHT, width=WIDTH, sample_rate=RATE,
+        audio_hop=8, batch_size=2, num_workers=1, shuffle_buffer=4, text_len=16, seed=9,
+    )  # fmt: skip
+
+    def fit(name: str, steps: int, ckpt_path: Path | None = None, callbacks=()):
+        module = tiny_module(lr=5e-3, lora=LoraSpec(rank=4, alpha=4, preset="attn"))
+        trainer = Trainer(
+            accelerator="cpu",
+            deterministic=True,
+            max_steps=steps,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=bool(callbacks),
+            default_root_dir=tmp_path / name,
+            callbacks=list(callbacks),
+        )
+        trainer.fit(module, datamodule=MovaDataModule(sources=sources, **kw), ckpt_path=ckpt_path)
+        params = dict(module.named_parameters())
+        return {n: params[n].detach().clone() for n in module.trainable_names}
+
+    straight = fit("straight", 4)
+    every = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}"
+    )
+    fit("first", 2, callbacks=[every])
+    resumed = fit("resumed", 4, ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")
+    assert straight.keys() == resumed.keys()
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
