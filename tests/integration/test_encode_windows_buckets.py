@@ -145,18 +145,17 @@ def test_the_cache_encodes_each_clip_at_its_bucket(mixed):
     assert len(read_empty_latents(mixed / "cache")) == len(plan.buckets)  # t2av "no frame" latent per bucket
 
 
-def test_mixed_bucketed_windowed_training_resumes_bit_identically(talk, mixed):
-    sources = [
-        {"shards": str(talk / "cache"), "weight": 1.0},
-        {"shards": str(mixed / "cache"), "weight": 1.0},
-    ]
-    kw = dict(
-        mode="cached", buckets="auto", num_frames=FRAMES, fps=FPS, height=HEIGHT, width=WIDTH, sample_rate=RATE,
-        audio_hop=8, batch_size=2, num_workers=2, shuffle_buffer=4, text_len=16, seed=5,
-    )  # fmt: skip
+def _mixed_datamodule(talk: Path, mixed: Path, weights: tuple[float, float], **kw) -> MovaDataModule:
+    """Cached training on both caches (windows of the talk, buckets of the mixed set) with automatic buckets."""
+    sources = [{"shards": str(f / "cache"), "weight": w} for f, w in zip((talk, mixed), weights, strict=True)]
+    sizes = dict(num_frames=FRAMES, fps=FPS, height=HEIGHT, width=WIDTH, sample_rate=RATE, audio_hop=8)
+    stream = dict(batch_size=2, shuffle_buffer=4, text_len=16, **kw)
+    return MovaDataModule(sources=sources, mode="cached", buckets="auto", **sizes, **stream)
 
+
+def test_mixed_bucketed_windowed_training_resumes_bit_identically(talk, mixed):
     def make() -> MovaDataModule:
-        dm = MovaDataModule(sources=sources, **kw)
+        dm = _mixed_datamodule(talk, mixed, (1.0, 1.0), num_workers=2, seed=5)
         dm.setup("fit")
         return dm
 
@@ -188,29 +187,21 @@ def test_mixed_bucketed_windowed_training_resumes_bit_identically(talk, mixed):
 def test_training_on_the_mixed_stream_resumes_bit_identically(talk, mixed, tmp_path):
     """The tiny model trained 4 steps straight == 2 steps, checkpoint, 2 resumed steps (weights and optimizer
     state of the LoRA, with windows, mixing and automatic buckets in the stream)."""
-    sources = [
-        {"shards": str(talk / "cache"), "weight": 2.0},
-        {"shards": str(mixed / "cache"), "weight": 1.0},
-    ]
-    kw = dict(
-        mode="cached", buckets="auto", num_frames=FRAMES, fps=FPS, height=HEIGHT, width=WIDTH, sample_rate=RATE,
-        audio_hop=8, batch_size=2, num_workers=1, shuffle_buffer=4, text_len=16, seed=9,
-    )  # fmt: skip
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
 
     def fit(name: str, steps: int, ckpt_path: Path | None = None, callbacks=()):
         module = tiny_module(lr=5e-3, lora=LoraSpec(rank=4, alpha=4, preset="attn"))
+        where = dict(default_root_dir=tmp_path / name, enable_checkpointing=bool(callbacks))
         trainer = Trainer(
             accelerator="cpu",
             deterministic=True,
             max_steps=steps,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=bool(callbacks),
-            default_root_dir=tmp_path / name,
             callbacks=list(callbacks),
+            **quiet,
+            **where,
         )
-        trainer.fit(module, datamodule=MovaDataModule(sources=sources, **kw), ckpt_path=ckpt_path)
+        datamodule = _mixed_datamodule(talk, mixed, (2.0, 1.0), num_workers=1, seed=9)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         params = dict(module.named_parameters())
         return {n: params[n].detach().clone() for n in module.trainable_names}
 
