@@ -13,12 +13,13 @@ What is counted, per device:
   gradient checkpointing only each unit's input stream is kept (on the host with ``activation_offload``) plus
   one unit's working set; without it every block keeps its saved tensors.
 
-Per-block factor (saved tensors per token, in elements of the activation dtype, CUDA path with fused norms and
-FlashAttention; derived by listing what autograd saves, checked on CPU with ``saved_tensors_hooks``): a DiT
-block keeps LN/RMSNorm inputs (4 D), the attention q, k, v, out (4 D self + 2 D cross), the GELU input (F),
-plus the input of every trainable linear (h for q/k/v, attention outputs for o, the FFN inputs D and F) and, for
-fully trained blocks, the modulation/gate operands (4 D). Backward adds a working set of about ``4 D + F``
-(stream and FFN gradients). Bridge A2V keeps about ``6 Dv`` per video token, V2A ``2 Dv + 3 Da`` per video token.
+Per-block factor (saved tensors per token, in elements of the activation dtype, bf16 autocast as the trainer
+runs it, fused attention): :func:`block_saved_elements` and :func:`bridge_saved_elements` list them tensor by
+tensor. They are held against measurement by ``benchmarks/activation_memory.py`` (``saved_tensors_hooks`` on
+one release-width block on a CPU; within 1 %, see ``docs/performance.md``); the CUDA-only difference is that
+autocast runs LayerNorm in float32 there (``norm_upcast``), which ``benchmarks/gpu_check.py`` measures. The
+release video block with LoRA on attention keeps about ``24 D + F`` per token (LayerNorm and RMSNorm inputs
+in float32, one input copy per LoRA-wrapped linear). Backward adds a working set of about ``4 D + F``.
 Text-encoder and VAE memory is 0 (training from the latent cache).
 """
 
@@ -107,37 +108,65 @@ def _unit_params(config: MovaConfig) -> dict[str, int]:
     }
 
 
-def block_saved_elements(d: int, f: int, trainable: set[str], full: bool) -> tuple[int, int]:
-    """Saved elements per token of one DiT block and its backward working set.
+_STREAM_LINEARS = (
+    ("self_attn.q", "d"),
+    ("self_attn.k", "d"),
+    ("self_attn.v", "d"),
+    ("self_attn.o", "d"),
+    ("cross_attn.q", "d"),
+    ("cross_attn.o", "d"),
+    ("ffn.0", "d"),
+    ("ffn.2", "f"),
+)
+"""Linears of a DiT block applied to the stream's rows, and the width of their input."""
+
+
+def block_saved_elements(
+    d: int, f: int, trainable: set[str], full: bool, norm_upcast: bool = True, lora_rank: int = 0
+) -> tuple[int, int]:
+    """Saved elements per stream token of one DiT block under bf16 autocast, and its backward working set.
+
+    Measured tensor by tensor with ``saved_tensors_hooks`` (``benchmarks/activation_memory.py``). Every block
+    keeps: the three LayerNorm inputs (in float32 when ``norm_upcast``: CUDA autocast runs ``layer_norm`` in
+    float32; CPU autocast keeps the activation dtype), the three stream-row RMSNorm inputs (q/k norms, always
+    float32 under autocast: 2 elements each), attention q, k, v, out (self) and q, out (cross) (6 D), and the
+    GELU input (F). A LoRA-wrapped linear keeps its own copy of its input (the adapter's dtype cast: q, k and
+    v each hold one) plus the rank-``r`` adapter activation; a fully trained block instead keeps each distinct
+    linear input once (5 D + F) and the modulation / gate operands (4 D).
 
     Args:
         d: block width; f: FFN width.
-        trainable: trainable linears of the block (``"self_attn.q"``, ``"ffn.2"``, ...).
-        full: the whole block trains.
+        trainable: LoRA-wrapped linears of the block (``"self_attn.q"``, ``"ffn.2"``, ...).
+        full: the whole block trains (no LoRA copies).
+        norm_upcast: LayerNorm inputs saved in float32 (the CUDA autocast path).
+        lora_rank: adapter rank (adds ``r`` per LoRA-wrapped stream linear).
 
     Returns:
         ``(saved, working_set)`` in elements of the activation dtype per token.
     """
-    saved = 4 * d + 6 * d + f  # norm inputs, attention q/k/v/out (self) + q/out (cross), GELU input
-    if full or trainable & {"self_attn.q", "self_attn.k", "self_attn.v"}:
-        saved += d
-    for name, width in (
-        ("self_attn.o", d),
-        ("cross_attn.q", d),
-        ("cross_attn.o", d),
-        ("ffn.0", d),
-        ("ffn.2", f),
-    ):
-        if full or name in trainable:
-            saved += width
+    saved = 3 * d * (2 if norm_upcast else 1) + 3 * 2 * d + 6 * d + f
     if full:
-        saved += 4 * d  # modulation products and gate operands
+        saved += 5 * d + f + 4 * d
+    else:
+        for name, width in _STREAM_LINEARS:
+            if name in trainable:
+                saved += (d if width == "d" else f) + lora_rank
     return saved, 4 * d + f
 
 
-def bridge_saved_elements(vd: int, ad: int, nv: float, na: float) -> float:
-    """Saved elements of one bridge layer (A2V + V2A) for ``nv`` video and ``na`` audio tokens."""
-    return nv * (6 * vd + 2 * vd + 3 * ad) + na * (6 * ad + 2 * vd + 3 * vd)
+def bridge_saved_elements(
+    vd: int, ad: int, nv: float, na: float, norm_upcast: bool = True, lora_rank: int = 0
+) -> float:
+    """Saved elements of one bridge layer (A2V + V2A, LoRA on q/k/v/o) for ``nv`` video and ``na`` audio tokens.
+
+    Per video token: A2V q/out (2 Dv), its q RMSNorm input (2 Dv, float32), the LoRA copies of the q and o inputs
+    (2 Dv); V2A k/v heads (2 Da), its k RMSNorm input (2 Da), the LoRA copies of the k and v inputs (2 Dv), the
+    y_norm input (Dv, float32 with ``norm_upcast``). Per audio token the same with the roles swapped.
+    """
+    up = 2 if norm_upcast else 1
+    per_video = 2 * vd + 2 * vd + 2 * vd + 2 * ad + 2 * ad + 2 * vd + up * vd + 4 * lora_rank
+    per_audio = 2 * ad + 2 * ad + 2 * ad + 2 * vd + 2 * vd + 2 * ad + up * ad + 4 * lora_rank
+    return nv * per_video + na * per_audio
 
 
 def audio_cp_mode(config: MovaConfig, cp: int) -> str:

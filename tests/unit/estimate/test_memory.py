@@ -1,11 +1,21 @@
 """Memory estimate: parameter bytes vs. the meta-device model, sharding and offload."""
 
 import pytest
+import torch
 
 from mova_train.estimate.flops import component_params, token_counts
-from mova_train.estimate.memory import _weight_bytes, estimate_memory
+from mova_train.estimate.measure import parameter_storages, saved_activation_bytes
+from mova_train.estimate.memory import (
+    _trainable_names,
+    _weight_bytes,
+    block_saved_elements,
+    bridge_saved_elements,
+    estimate_memory,
+)
 from mova_train.estimate.report import estimate_run, format_estimate
 from mova_train.models.builders import build_dual_tower, mova_release, release_config, tiny_config
+from mova_train.models.lora import LoraSpec, inject_lora, set_trainable
+from mova_train.models.rope import video_rope_freqs
 
 TOK = token_counts(193, 352, 640)
 
@@ -88,3 +98,47 @@ def test_cp8_replicates_audio_and_divides_video():
     assert est8.devices_per_replica == 8
     # The replicated audio tower (about 1 % of the FLOPs at 360p) keeps cp 8 from halving cp 4's time exactly.
     assert est4.step_time_s / 2 < est8.step_time_s < est4.step_time_s / 2 * 1.05
+
+
+def _saved_slope(model, run, counts, tables=()):
+    """Per-token saved bytes of ``run(model, n)`` between two token counts (constant text terms cancel);
+    RoPE ``tables`` are not counted (the estimator has a row of their own)."""
+    exclude = parameter_storages([model]) | {t.untyped_storage().data_ptr() for t in tables}
+    lo, hi = (saved_activation_bytes(lambda n=n: run(model, n), exclude) for n in counts)
+    return (hi - lo) / (counts[1] - counts[0])
+
+
+@pytest.mark.parametrize("preset", ["attn", "upstream"])
+def test_block_factors_match_saved_tensors(preset):
+    """block_saved_elements / bridge_saved_elements against what autograd keeps (bf16 autocast, CPU)."""
+    cfg = tiny_config(video_dim=256, audio_dim=128, head_dim=64, num_layers=1, text_dim=32)
+    model = build_dual_tower(cfg, experts=("video_dit",), seed=0, dtype=torch.bfloat16)
+    spec = LoraSpec(rank=4, alpha=4, preset=preset)
+    inject_lora(model, spec)
+    set_trainable(model, spec, ())
+    v, b = cfg.video_dit, cfg.dual_tower_bridge
+    names = _trainable_names(cfg, "video_dit", dict(spec.components)["video_dit"])
+    ctx = torch.randn(1, 8, v.dim, dtype=torch.bfloat16)
+    mod = torch.zeros(1, 6, v.dim)
+
+    freqs = {n: video_rope_freqs((n // 4, 2, 2), v.head_dim, torch.device("cpu")) for n in (64, 128)}
+
+    def block(m, n):
+        x = torch.randn(1, n, v.dim, dtype=torch.bfloat16, requires_grad=True)
+        return m.video_dit.blocks[0](x, ctx, mod, freqs[n])
+
+    ropes = {
+        n: model.dual_tower_bridge.rope((n // 4, 2, 2), n // 4, 24.0, torch.bfloat16, "cpu")
+        for n in (64, 128)
+    }
+
+    def bridge(m, n):
+        x = torch.randn(1, n, b.visual_hidden_dim, dtype=torch.bfloat16, requires_grad=True)
+        a = torch.randn(1, n // 4, b.audio_hidden_dim, dtype=torch.bfloat16, requires_grad=True)
+        return m.dual_tower_bridge(0, x, a, ropes[n])
+
+    per_token = block_saved_elements(v.dim, v.ffn_dim, names, False, norm_upcast=False, lora_rank=4)[0] * 2
+    assert _saved_slope(model, block, (64, 128), freqs.values()) == pytest.approx(per_token, rel=0.02)
+    per_token = bridge_saved_elements(b.visual_hidden_dim, b.audio_hidden_dim, 1, 0.25, False, 4) * 2
+    tables = [t for r in ropes.values() for t in r]
+    assert _saved_slope(model, bridge, (64, 128), tables) == pytest.approx(per_token, rel=0.02)
