@@ -6,6 +6,8 @@ Inputs: upstream MOVA's `metadata.json`, a folder of clips with same-named `.txt
 Usage::
 
     python -m data_tools.build_shards /data/metadata.json /data/shards --max-count 500 --workers 8
+    python -m data_tools.build_shards /data/metadata.json /data/shards --detect-cuts --split-scenes
+    python -m data_tools.build_shards /data/metadata.json /data/shards --max-av-offset-ms 60 --skip-av-offset
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--skip-vfr", action="store_true", help="skip variable-frame-rate clips")
     parser.add_argument("--skip-empty-caption", action="store_true", help="skip clips with an empty caption")
+    parser.add_argument(
+        "--detect-cuts", action="store_true", help="find scene cuts and store them in the record"
+    )
+    parser.add_argument(
+        "--split-scenes", action="store_true", help="write one sample per scene (implies --detect-cuts)"
+    )
+    parser.add_argument(
+        "--av-audit", action="store_true", help="estimate every clip's A/V offset (record only)"
+    )
+    parser.add_argument(
+        "--max-av-offset-ms", type=float, default=None, help="flag clips whose sound is further off (ms)"
+    )
+    parser.add_argument("--skip-av-offset", action="store_true", help="skip those clips instead of flagging")
+    parser.add_argument(
+        "--min-av-confidence", type=float, default=0.3, help="audit estimates below this never flag or skip"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     policy = ProbePolicy(
@@ -44,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         min_duration=args.min_duration,
         skip_variable_frame_rate=args.skip_vfr,
         skip_empty_caption=args.skip_empty_caption,
+        detect_cuts=args.detect_cuts or args.split_scenes,
+        av_audit=args.av_audit,
+        max_av_offset_ms=args.max_av_offset_ms,
+        skip_av_offset=args.skip_av_offset,
+        min_av_confidence=args.min_av_confidence,
     )
+    if args.skip_av_offset and args.max_av_offset_ms is None:
+        parser.error("--skip-av-offset needs --max-av-offset-ms (the offset above which clips are skipped)")
     build_shards(
         args.source,
         args.out_dir,
@@ -52,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_bytes=args.max_bytes,
         workers=args.workers,
         policy=policy,
+        split_scenes=args.split_scenes,
     )
 
 

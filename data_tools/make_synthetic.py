@@ -6,6 +6,8 @@ Usage::
     python -m data_tools.make_synthetic OUT_DIR --count 8 --width 64 --height 48 --fps 24 --seconds 1
 
 writes `OUT_DIR/clip_000000.mp4`, ... plus `OUT_DIR/metadata.json` (a list of `{"video_path", "caption"}`).
+`--audio-offset-ms 80` makes clips that flash at irregular times with a click 80 ms after each flash (a known A/V
+offset for the audit of `build_shards --max-av-offset-ms`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sample-rate", type=int, default=48000, help="audio sample rate in Hz")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--index-barcode", action="store_true", help="draw the frame index as a barcode")
+    parser.add_argument(
+        "--audio-offset-ms",
+        type=float,
+        default=None,
+        help="flash at irregular times with a click this much later (negative: earlier)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     make_dataset(
@@ -47,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sample_rate=args.sample_rate,
         seed=args.seed,
         index_barcode=args.index_barcode,
+        audio_offset_ms=args.audio_offset_ms,
     )
 
 

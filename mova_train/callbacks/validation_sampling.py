@@ -3,7 +3,8 @@
 Each sample is written as ``<output_dir>/step<step:07d>/<request id>.mp4`` + ``.json`` sidecar, logged to every
 attached `WandbLogger` as ``wandb.Video(path, format="mp4")`` (from the file, so its audio track is kept and no
 moviepy is needed; environment.md gotcha 14), and summarized as latent statistics through every logger's
-``log_metrics``.
+``log_metrics``, with the weight-free A/V sync audit of each decoded sample (``val/av_offset_ms``,
+``val/av_confidence``; `mova_train.data.av_sync`).
 
 Only global rank 0 samples by default (``split_by_rank=False``); with ``split_by_rank=True`` each rank samples
 its share of the requests (DDP, where every rank holds the full model). Under sharded FSDP2 every rank runs
@@ -34,6 +35,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from mova_train.callbacks.sample_writer import write_sample
 from mova_train.callbacks.validation_media import NEEDS, ClipMedia, request_in_mode, write_clip_media
+from mova_train.data.av_sync import sample_offset_metrics
 from mova_train.sampling.generator import GeneratedSample, MovaGenerator
 from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
 from mova_train.schedulers.flow_match import FlowMatchScheduler
@@ -243,6 +245,9 @@ class ValidationSampling(Callback):
             metrics[f"val_samples/{i}_video_latent_mean"] = float(s.video_latents.mean())
             metrics[f"val_samples/{i}_audio_latent_mean"] = float(s.audio_latents.mean())
         metrics["val_samples/seconds_per_step"] = float(samples[0].timings.get("seconds_per_step", 0.0))
+        metrics.update(
+            sample_offset_metrics(samples)
+        )  # A/V sync audit of the decoded samples (val/av_offset_ms)
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
             if isinstance(lg, WandbLogger):

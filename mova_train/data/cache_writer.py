@@ -47,7 +47,7 @@ from mova_train.data.cache import (
 from mova_train.data.decode import ClipTooShort, DecodeError, decode_clip
 from mova_train.data.options import AUTO_BUCKETS, DataOptions
 from mova_train.data.pipeline import assign_bucket, iter_shard, parse_record, resolve_shards, shard_counts
-from mova_train.data.schema import LATENTS_KEY, RECORD_KEY, VIDEO_KEY, add_member
+from mova_train.data.schema import AUDIO_KEY, LATENTS_KEY, RECORD_KEY, VIDEO_KEY, add_member
 from mova_train.data.windows import first_start, window_starts
 
 logger = logging.getLogger(__name__)
@@ -195,6 +195,7 @@ class ShardEncoder:
             resize_mode=s.resize_mode,
             sample_rate=s.sample_rate,
             missing_audio=s.missing_audio,
+            audio_data=sample.get(AUDIO_KEY),
         )
         item["record"] = record
         item["bucket"] = bucket

@@ -11,7 +11,9 @@ first video frame), so any source rate (24, 25, 30000/1001, 60, variable) is res
 nearest-previous-frame selection instead of being time-warped. The audio covers exactly the same window
 `[start, start + num_frames / fps)`, resampled to `sample_rate` mono by the decoder (which also drops the AAC
 priming samples), left-padded when the audio stream starts late and cropped/padded to
-`round(sample_rate * num_frames / fps)` samples (386000 for 193 frames at 24 fps).
+`round(sample_rate * num_frames / fps)` samples (386000 for 193 frames at 24 fps). A clip whose sound came as a
+separate file (`audio_data`, the shard's `audio` member) reads it from there, the file's start lined up with the
+first video frame; the record's `audio_offset` (seconds, positive delays the sound) shifts either kind.
 """
 
 from __future__ import annotations
@@ -180,9 +182,9 @@ def _decode_audio(
     out = torch.zeros(1, num_samples, dtype=torch.float32)
     end_of_audio = decoder.metadata.duration_seconds
     begin = decoder.metadata.begin_stream_seconds or 0.0
-    if end_of_audio is not None and t0 >= begin + end_of_audio:
-        return out  # the audio ended before the window: silence
-    samples = decoder.get_samples_played_in_range(t0, t0 + seconds)
+    if (end_of_audio is not None and t0 >= begin + end_of_audio) or t0 + seconds <= begin:
+        return out  # the audio ended before the window, or starts after it: silence
+    samples = decoder.get_samples_played_in_range(max(t0, begin), t0 + seconds)
     wave = samples.data
     if wave.shape[0] != 1:  # the decoder downmixes already; keep a guard for odd layouts
         wave = wave.mean(dim=0, keepdim=True)
@@ -210,6 +212,7 @@ def decode_clip(
     pad_short: bool = False,
     output: str = "float",
     num_threads: int | None = None,
+    audio_data: bytes | None = None,
 ) -> dict[str, Any]:
     """Decode the `num_frames / fps` second window of a clip into model-ready tensors.
 
@@ -233,6 +236,8 @@ def decode_clip(
             convert later with `to_model_range`).
         num_threads: FFmpeg decoding threads; None splits the cores among DataLoader workers
             (`decode_threads`).
+        audio_data: The separate audio file of the clip (the shard's `audio` member), or None to use the clip's
+            own audio stream. Its start plays with the first video frame, shifted by `record["audio_offset"]`.
 
     Returns:
         dict with `video` `[3, F, H, W]`, `first_frame` `[3, H, W]` (same dtype as video), `audio` float32
@@ -301,7 +306,13 @@ def decode_clip(
         audio = None
     else:
         try:
-            audio = _decode_audio(data, v0 + start, window, num_samples, sample_rate)
+            audio = _decode_audio(
+                data if audio_data is None else audio_data,
+                (v0 if audio_data is None else 0.0) + start - float(record.get("audio_offset") or 0.0),
+                window,
+                num_samples,
+                sample_rate,
+            )
         except Exception as err:
             raise DecodeError(f"{source}: audio decoding failed ({err})") from err
         if audio is None and record.get("has_audio") is True:

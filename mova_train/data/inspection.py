@@ -210,3 +210,51 @@ def contact_sheet(
     sheet.save(out_png)
     logger.info("wrote contact sheet of %d samples to %s", len(rows), out_png)
     return out_png
+
+
+def av_offsets(folder: str | Path, *, measure: bool = False, min_confidence: float = 0.3) -> list[float]:
+    """The confident A/V offsets (ms) of a shard folder: from the records (`build_shards --av-audit`), or, with
+    `measure`, estimated now for records that lack one (`mova_train.data.av_sync`; decodes those clips)."""
+    from mova_train.data.av_sync import estimate_clip_offset
+
+    offsets = []
+    for _, _, record, data in iter_samples(folder, with_video=measure):
+        offset, confidence = record.get("av_offset_ms"), record.get("av_confidence")
+        if offset is None and measure and record.get("has_audio") and not record.get("separate_audio"):
+            estimate = estimate_clip_offset(data, audio_offset=float(record.get("audio_offset") or 0.0))
+            offset, confidence = estimate.offset_ms, estimate.confidence
+        if offset is not None and (confidence or 0.0) >= min_confidence:
+            offsets.append(float(offset))
+    return offsets
+
+
+def offset_histogram(
+    offsets: list[float], out_png: str | Path, *, bin_ms: float = 10.0, size=(480, 200)
+) -> Path:
+    """Save a PNG histogram of A/V offsets (ms; bars of `bin_ms`, 0 marked, counts and range labelled)."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    limit = max([bin_ms * 5, *(abs(o) for o in offsets)])
+    bins = max(1, round(2 * limit / bin_ms))
+    counts = [0] * bins
+    for o in offsets:
+        counts[min(bins - 1, int((o + limit) / (2 * limit) * bins))] += 1
+    top, bottom = 16, height - 16
+    peak = max(counts) or 1
+    for i, c in enumerate(counts):
+        x0, x1 = i * width // bins, max(i * width // bins + 1, (i + 1) * width // bins - 1)
+        draw.rectangle([x0, bottom - (bottom - top) * c // peak, x1, bottom], fill=(90, 200, 120))
+    draw.line([(width // 2, top), (width // 2, bottom)], fill=(220, 60, 60))
+    draw.text(
+        (2, 2), f"A/V offset (ms, + = sound late): {len(offsets)} clips, max bar {peak}", fill=(230, 230, 230)
+    )
+    draw.text((2, bottom + 2), f"-{limit:.0f}", fill=(200, 200, 200))
+    draw.text((width - 40, bottom + 2), f"+{limit:.0f}", fill=(200, 200, 200))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out_png)
+    logger.info("wrote the A/V offset histogram of %d clips to %s", len(offsets), out_png)
+    return out_png

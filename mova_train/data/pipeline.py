@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mova_train.data.decode import ClipTooShort, DecodeError, decode_clip
 from mova_train.data.options import DataOptions
+from mova_train.data.schema import AUDIO_KEY
 from mova_train.data.windows import first_start, longest_scene, random_start
 
 logger = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ def raw_stage(
                 sample_rate=cfg.sample_rate,
                 missing_audio=cfg.missing_audio,
                 output=cfg.video_output,
+                audio_data=sample.get(AUDIO_KEY),
             )
         except (DecodeError, KeyError, ValueError) as err:
             counter.skip(getattr(err, "reason", "decode_error"), where, str(err))

@@ -3,7 +3,8 @@
 `probe_clip` opens a clip (path or bytes), reads its stream metadata, decodes a few frames to check that the file is
 whole and that its frame rate is constant, and returns a `ClipRecord`. A clip that cannot be used raises `ProbeError`
 with a reason from `mova_train.data.schema.SKIP_REASONS` and a human-readable detail. What counts as unusable (e.g. a
-missing audio stream) is set by a `ProbePolicy`.
+missing audio stream) is set by a `ProbePolicy`. A clip whose sound is a separate file (`audio_source`) has that
+file probed too; its start lines up with the first video frame unless an `audio_offset` is given.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class ProbePolicy:
         min_duration: Reject clips shorter than this many seconds.
         skip_variable_frame_rate: Reject variable-frame-rate clips (default: keep, flagged).
         skip_empty_caption: Reject clips whose caption is empty (default: keep, flagged).
+        detect_cuts: Find scene cuts (`mova_train.data.scenes.detect_cuts`) and store them in the record.
+        av_audit: Estimate the A/V offset (`mova_train.data.av_sync`) and store it in the record.
+        max_av_offset_ms: Flag clips whose confidently measured offset is larger (turns `av_audit` on).
+        skip_av_offset: Reject such clips instead of flagging them.
+        min_av_confidence: Estimates below this confidence never flag or reject a clip.
     """
 
     require_audio: bool = False
@@ -59,6 +65,11 @@ class ProbePolicy:
     min_duration: float = 0.0
     skip_variable_frame_rate: bool = False
     skip_empty_caption: bool = False
+    detect_cuts: bool = False
+    av_audit: bool = False
+    max_av_offset_ms: float | None = None
+    skip_av_offset: bool = False
+    min_av_confidence: float = 0.3
 
 
 def read_caption(path: str | Path) -> str:
@@ -106,6 +117,20 @@ def _open_video(data: bytes, where: str):
             schema.SKIP_UNREADABLE,
             f"{where} cannot be opened as a media file ({first_line}); re-encode or remove it",
         ) from err
+
+
+def _read_input(path: Path, where: str, what: str) -> bytes:
+    """The bytes of an input file; missing and empty files raise `ProbeError` naming it."""
+    if not path.is_file():
+        raise ProbeError(
+            schema.SKIP_MISSING_FILE, f"{what} {path} does not exist; fix the path or remove the entry"
+        )
+    data = path.read_bytes()
+    if not data:
+        raise ProbeError(
+            schema.SKIP_EMPTY_FILE, f"{where}: {what} {path} is an empty (zero-byte) file; re-export it"
+        )
+    return data
 
 
 def _probe_audio(data: bytes, where: str) -> tuple[int, int, float | None] | None:
@@ -170,6 +195,8 @@ def probe_clip(
     caption: str = "",
     source_path: str | None = None,
     policy: ProbePolicy | None = None,
+    audio_source: str | Path | None = None,
+    audio_offset: float = 0.0,
 ) -> ClipRecord:
     """Probe one clip and build its shard record.
 
@@ -178,6 +205,8 @@ def probe_clip(
         caption: The clip's caption.
         source_path: Name recorded in the record (default: the path, or "<bytes>").
         policy: What to reject (default `ProbePolicy()`).
+        audio_source: A separate audio file (wav, flac, m4a, ...) that replaces the clip's own sound.
+        audio_offset: Seconds after the first video frame at which the audio starts (`ClipRecord.audio_offset`).
 
     Returns:
         A validated `ClipRecord`.
@@ -193,11 +222,7 @@ def probe_clip(
     else:
         path = Path(source)
         where = source_path or str(path)
-        if not path.is_file():
-            raise ProbeError(
-                schema.SKIP_MISSING_FILE, f"{path} does not exist; fix the path or remove the entry"
-            )
-        data = path.read_bytes()
+        data = _read_input(path, where, "clip")
     if not data:
         raise ProbeError(
             schema.SKIP_EMPTY_FILE, f"{where} is an empty (zero-byte) file; re-export or remove it"
@@ -209,7 +234,16 @@ def probe_clip(
 
     decoder = _open_video(data, where)
     num_frames, fps, duration, vfr = _check_video(decoder, where)
-    audio = _probe_audio(data, where)
+    audio_data = None if audio_source is None else _read_input(Path(audio_source), where, "audio_path")
+    if audio_data is None:
+        audio = _probe_audio(data, where)
+    else:
+        audio = _probe_audio(audio_data, f"{where}: audio_path {audio_source}")
+        if audio is None:
+            raise ProbeError(
+                schema.SKIP_UNREADABLE,
+                f"{where}: audio_path {audio_source} holds no audio stream; point it at a wav/flac/m4a file",
+            )
     if audio is None and policy.require_audio:
         raise ProbeError(
             schema.SKIP_NO_AUDIO_STREAM, f"{where} has no audio stream (audio is required by policy)"
@@ -241,12 +275,50 @@ def probe_clip(
         audio_duration=audio[2] if audio else None,
         sha256=hashlib.sha256(data).hexdigest(),
         variable_frame_rate=vfr,
+        separate_audio=audio_data is not None,
+        audio_sha256=None if audio_data is None else hashlib.sha256(audio_data).hexdigest(),
+        audio_offset=float(audio_offset),
     )
+    _analyze(record, data, audio_data, where, policy)
     return record.validate()
 
 
-def record_flags(record: ClipRecord) -> list[str]:
-    """Return the `schema.FLAG_*` names that apply to a kept clip (worth knowing, not reasons to skip)."""
+def _analyze(
+    record: ClipRecord, data: bytes, audio_data: bytes | None, where: str, policy: ProbePolicy
+) -> None:
+    """Scene cuts and the A/V offset, as the policy asks; rejects clips whose offset is too large."""
+    if policy.detect_cuts:
+        from mova_train.data.scenes import detect_cuts
+
+        record.cuts = detect_cuts(data)
+    if not (policy.av_audit or policy.max_av_offset_ms is not None) or not record.has_audio:
+        return
+    from mova_train.data.av_sync import estimate_clip_offset
+
+    estimate = estimate_clip_offset(data, audio_data, audio_offset=record.audio_offset)
+    record.av_offset_ms, record.av_confidence = estimate.offset_ms, estimate.confidence
+    if policy.skip_av_offset and av_offset_too_large(record, policy):
+        raise ProbeError(
+            schema.SKIP_AV_OFFSET,
+            f"{where}: the sound is {estimate.offset_ms:+.0f} ms off the picture (confidence "
+            f"{estimate.confidence:.2f}, limit {policy.max_av_offset_ms} ms); fix it with audio_offset "
+            f"{-estimate.offset_ms / 1000:+.3f} or drop --skip-av-offset",
+        )
+
+
+def av_offset_too_large(record: ClipRecord, policy: ProbePolicy) -> bool:
+    """Whether a confidently measured A/V offset exceeds `policy.max_av_offset_ms`."""
+    return (
+        policy.max_av_offset_ms is not None
+        and record.av_offset_ms is not None
+        and (record.av_confidence or 0.0) >= policy.min_av_confidence
+        and abs(record.av_offset_ms) > policy.max_av_offset_ms
+    )
+
+
+def record_flags(record: ClipRecord, policy: ProbePolicy | None = None) -> list[str]:
+    """Return the `schema.FLAG_*` names that apply to a kept clip (worth knowing, not reasons to skip); with a
+    policy, also `av_offset` for a confidently measured offset above its limit."""
     flags = []
     if not record.has_audio:
         flags.append(schema.FLAG_NO_AUDIO)
@@ -256,4 +328,6 @@ def record_flags(record: ClipRecord) -> list[str]:
         flags.append(schema.FLAG_EMPTY_CAPTION)
     if record.variable_frame_rate:
         flags.append(schema.FLAG_VARIABLE_FRAME_RATE)
+    if policy is not None and av_offset_too_large(record, policy):
+        flags.append(schema.FLAG_AV_OFFSET)
     return flags

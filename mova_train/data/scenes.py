@@ -8,13 +8,20 @@ scaled by the decoder): the mean absolute difference `d_i` between frame `i` and
 at `i` when it is above `threshold`, `ratio` times above the median difference of the `2 * context` frames around
 it (fast motion and camera pans raise the whole neighbourhood, a cut only one frame), and frames `i - 1 -> i + 1`
 and `i - 2 -> i` differ too (a one-frame flash changes two consecutive frames and then returns: not a cut).
+
+Splitting (`write_scene_clip`, behind `build_shards --split-scenes`): each scene becomes its own mp4, cut on its
+frame range by FFmpeg's `trim` and re-encoded (x264 CRF 16, AAC), with the sound (the clip's own or a separate file,
+shifted by `audio_offset`) cut to the same span, so one sample per scene needs no other field to be decoded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -50,8 +57,7 @@ def read_low_res_frames(
         size: Output (height, width).
 
     Returns:
-        float32 frames `[N, 3, h, w]` in [0, 1] and float64 `[N]` presentation times in seconds from the first
-        frame.
+        float32 frames `[N, 3, h, w]` in [0, 1] and float64 `[N]` presentation times in stream seconds.
     """
     from torchcodec.decoders import VideoDecoder
     from torchcodec.transforms import Resize
@@ -59,7 +65,7 @@ def read_low_res_frames(
     decoder = VideoDecoder(source, transforms=[Resize(size=list(size))], seek_mode="exact")
     batch = decoder.get_frames_in_range(0, len(decoder))
     pts = batch.pts_seconds.double()
-    return batch.data.float().div_(255.0), pts - pts[0]
+    return batch.data.float().div_(255.0), pts
 
 
 def frame_differences(frames: torch.Tensor, step: int = 1) -> torch.Tensor:
@@ -113,7 +119,7 @@ def detect_cuts(source: bytes | str, settings: CutSettings | None = None) -> lis
     """
     s = settings or CutSettings()
     frames, pts = read_low_res_frames(source, s.size)
-    return [round(float(pts[i]), 6) for i in cut_frames(frames, s)]
+    return [round(float(pts[i] - pts[0]), 6) for i in cut_frames(frames, s)]
 
 
 def scene_spans(cuts: Sequence[float] | None, duration: float) -> list[tuple[float, float]]:
@@ -131,3 +137,73 @@ def window_crosses_cut(start: float, seconds: float, cuts: Sequence[float] | Non
     first = round(start * fps)
     end = round((start + seconds) * fps)
     return any(first < round(c * fps) < end for c in (cuts or ()))
+
+
+def _audio_chain(audio_start: float, seconds: float) -> str:
+    """FFmpeg audio filters taking `seconds` of sound from `audio_start` (silence before the sound's start)."""
+    delay = f"adelay=delays={round(-audio_start * 1000)}:all=1," if audio_start < 0 else ""
+    return (
+        f"{delay}atrim=start={max(audio_start, 0.0):.6f},asetpts=PTS-STARTPTS,apad,"
+        f"atrim=duration={seconds:.6f}"
+    )
+
+
+def write_scene_clip(
+    video: str | Path,
+    out: str | Path,
+    frames: tuple[int, int],
+    fps: float,
+    *,
+    audio: str | Path | None = None,
+    has_audio: bool = True,
+    audio_offset: float = 0.0,
+    crf: int = 16,
+) -> Path:
+    """Cut frames `[first, end)` of a clip into their own mp4 (H.264 at `crf`, AAC), the sound lined up.
+
+    Args:
+        video: The clip.
+        out: The scene's mp4 (kept when it exists already, so that a re-run writes the same bytes).
+        frames: First and end frame index of the scene.
+        fps: The clip's frame rate.
+        audio: A separate sound file (`ClipRecord.separate_audio`), else the clip's own sound is used.
+        has_audio: False for a clip without sound (the scene has none either).
+        audio_offset: Seconds after the first video frame at which the sound starts.
+        crf: x264 quality (lower is better; 16 is visually lossless).
+    """
+    out = Path(out)
+    if out.is_file():
+        return out
+    first, end = frames
+    start, seconds = first / fps, (end - first) / fps
+    graph = f"[0:v:0]trim=start_frame={first}:end_frame={end},setpts=PTS-STARTPTS[v]"
+    inputs = ["-i", str(video)]
+    maps = ["-map", "[v]"]
+    if has_audio:
+        if audio is not None:
+            inputs += ["-i", str(audio)]
+        graph += f";[{1 if audio is not None else 0}:a:0]{_audio_chain(start - audio_offset, seconds)}[a]"
+        maps += ["-map", "[a]", "-c:a", "aac", "-b:a", "192k"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.mp4")
+    command = ["ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex", graph, *maps]
+    command += [
+        "-c:v",
+        "libx264",
+        "-crf",
+        str(crf),
+        "-preset",
+        "fast",
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+    ]
+    result = subprocess.run([*command, str(tmp)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"ffmpeg could not cut {video} frames [{first}, {end}): {result.stderr.strip()[-500:]}"
+        )
+    os.replace(tmp, out)
+    return out

@@ -78,3 +78,4 @@ def test_validation_sampling_logs_wandb_video_and_writes_files(tmp_path, monkeyp
     assert any((tmp_path / "wandb").rglob("offline-run-*"))
     metrics = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "val_samples/0_audio_latent_std" in metrics and "val_samples/seconds_per_step" in metrics
+    assert "val/av_offset_ms" in metrics and "val/av_confidence" in metrics  # the A/V audit of the samples

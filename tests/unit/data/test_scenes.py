@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
+from helpers.av_media import concat_two_scenes
 
 from mova_train.data.scenes import detect_cuts, scene_spans, window_crosses_cut
 from mova_train.data.synthetic import make_clip
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True, timeout=120)
-
-
-def concat_two_scenes(path, first_frames: int = 36, second_frames: int = 30, rate: int = 24) -> None:
-    """An mp4 of `first_frames` of testsrc2 then `second_frames` of mandelbrot (both moving), with a tone."""
-    first, second = first_frames / rate, second_frames / rate
-    ffmpeg(
-        "-f", "lavfi", "-i", f"testsrc2=size=128x72:rate={rate},trim=duration={first}",
-        "-f", "lavfi", "-i", f"mandelbrot=size=128x72:rate={rate},trim=duration={second}",
-        "-f", "lavfi", "-i", f"sine=f=440:sample_rate=48000:duration={first + second}",
-        "-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0[v]", "-map", "[v]", "-map", "2:a",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path),
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
