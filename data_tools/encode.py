@@ -24,6 +24,7 @@ import torch
 
 from mova_train.data.cache import CacheSettings
 from mova_train.data.cache_writer import (
+    check_dac_rate,
     checkpoint_hashes,
     encode_cache,
     load_checkpoint_encoders,
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.checkpoint is not None:
         hashes = checkpoint_hashes(args.checkpoint)
         encoders = load_checkpoint_encoders(args.checkpoint, dtype, device)
+        check_dac_rate(encoders, args.sample_rate, where=f"{args.checkpoint}/audio_vae/config.json")
         if args.text_len is not None:
             encoders.text_encoder.max_length = args.text_len
     else:

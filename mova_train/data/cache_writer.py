@@ -59,7 +59,11 @@ MARKER_SUFFIX = ".done"
 
 
 def load_checkpoint_encoders(checkpoint: str | Path, dtype: torch.dtype, device: torch.device) -> Any:
-    """Load the video VAE, DAC and text encoder of a MOVA checkpoint folder into a `MovaEncoders`."""
+    """Load the video VAE, DAC and text encoder of a MOVA checkpoint folder into a `MovaEncoders`.
+
+    The DAC is always loaded in fp32 (upstream computes it in fp32 whatever the pipeline dtype); `dtype` applies
+    to the video VAE and the text encoder.
+    """
     from mova_train.codecs.encoders import MovaEncoders
     from mova_train.codecs.text_encoder import MovaTextEncoder
     from mova_train.models.checkpoint import load_component
@@ -70,9 +74,29 @@ def load_checkpoint_encoders(checkpoint: str | Path, dtype: torch.dtype, device:
             f"--checkpoint {root} is not a folder; give a MOVA checkpoint (e.g. MOVA-360p)"
         )
     video_vae = load_component(root, "video_vae", dtype=dtype, device=device)
-    audio_vae = load_component(root, "audio_vae", dtype=dtype, device=device)
+    audio_vae = load_component(root, "audio_vae", dtype=torch.float32, device=device)
     text_encoder = MovaTextEncoder.from_pretrained(root / "text_encoder", root / "tokenizer", dtype=dtype)
     return MovaEncoders(video_vae=video_vae, audio_vae=audio_vae, text_encoder=text_encoder.to(device))
+
+
+def check_dac_rate(encoders: Any, sample_rate: int, where: str = "the audio VAE (DAC)") -> None:
+    """Refuse a `--sample-rate` the DAC does not run at (its latents would have the wrong length, silently).
+
+    Args:
+        encoders: A `MovaEncoders` (its `audio_vae.sample_rate` is compared).
+        sample_rate: The requested rate (`--sample-rate`).
+        where: Names the DAC's config in the message (e.g. `CKPT/audio_vae/config.json`).
+
+    Raises:
+        ValueError: naming both rates, the config field and the fix.
+    """
+    dac_rate = getattr(getattr(encoders, "audio_vae", None), "sample_rate", None)
+    if dac_rate is not None and int(dac_rate) != int(sample_rate):
+        raise ValueError(
+            f"--sample-rate {sample_rate} but {where} runs at {dac_rate} Hz (field sample_rate): the audio "
+            f"latents would have the wrong length; pass --sample-rate {dac_rate} (and train with "
+            f"data.sample_rate={dac_rate})"
+        )
 
 
 def checkpoint_hashes(checkpoint: str | Path) -> dict[str, str]:
@@ -214,7 +238,8 @@ class ShardEncoder:
         batch = {
             "video": torch.stack([it["video"] for it in items]).to(self.device, self.dtype),
             "first_frame": torch.stack([it["first_frame"] for it in items]).to(self.device, self.dtype),
-            "audio": torch.stack([it["audio"] for it in items]).to(self.device, self.dtype),
+            # the DAC runs in fp32 (as upstream's pipeline does), see `encode_cache`
+            "audio": torch.stack([it["audio"] for it in items]).to(self.device, torch.float32),
             "caption": captions,
         }
         out = self.encoders.encode_batch(batch)
@@ -422,6 +447,7 @@ def encode_cache(
         raise ValueError(f"--rank {rank} must be in [0, --world-size {world_size})")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_dac_rate(encoders, settings.sample_rate)
     urls = resolve_shards(shards if isinstance(shards, list | tuple) else str(shards))
     names = [Path(u).name for u in urls]
     if len(set(names)) != len(names):
@@ -434,14 +460,12 @@ def encode_cache(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (settings.num_frames - 1) % 4:
         raise ValueError(f"--num-frames must be 4k + 1 (e.g. 193), got {settings.num_frames}")
-    dac_rate = getattr(getattr(encoders, "audio_vae", None), "sample_rate", settings.sample_rate)
-    if dac_rate != settings.sample_rate:
-        logger.warning("--sample-rate %d differs from the DAC's %d Hz", settings.sample_rate, dac_rate)
 
     fingerprint = cache_fingerprint(components_hashes, settings)
     inputs = fingerprint_inputs(components_hashes, settings)
     device = torch.device(device)
     encoders = encoders.to(device=device, dtype=dtype)
+    encoders.audio_vae.float()  # DAC latents in fp32 whatever `dtype` (bf16 DAC latents differ from upstream's)
     buckets = cache_buckets(settings, urls)
     worker = ShardEncoder(encoders, settings, fingerprint, batch_size, device, dtype, buckets)
 

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Frame times are queried a hair after the exact instant so that `t_i` landing on a frame boundary picks the frame
 # that starts there despite float rounding (1 µs is far below any frame duration).
 _TIME_EPS = 1e-6
+_PTS_EPS = 1e-9  # presentation times compare exactly (up to float rounding)
 MISSING_AUDIO_POLICIES = ("skip", "silence")
 
 
@@ -131,6 +132,44 @@ def _resize_frame(
     return F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)[0]
 
 
+class _FramesByPts:
+    """The frame on screen at time `t` by presentation times alone: the last frame (in pts order) with pts <= t.
+
+    Used when a container's packets carry no (or wrong) durations, e.g. variable-frame-rate mkv/mp4: torchcodec's
+    `get_frame_played_at` trusts `pts + duration` and then returns the *next* frame (video ahead of its audio by up
+    to a source frame interval). Frames are read by index, forward; a binary search finds the first one.
+    """
+
+    def __init__(self, decoder: Any) -> None:
+        self.decoder = decoder
+        self.count = len(decoder)
+        self.index = -1
+        self.frame: Any = None
+        self.next: Any = None
+
+    def _get(self, index: int) -> Any:
+        return self.decoder.get_frame_at(index) if index < self.count else None
+
+    def _seek(self, t: float) -> None:
+        lo, hi = 0, self.count - 1  # the last index with pts <= t (0 when t is before the first frame)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.decoder.get_frame_at(mid).pts_seconds <= t + _PTS_EPS:
+                lo = mid
+            else:
+                hi = mid - 1
+        self.index, self.frame, self.next = lo, self._get(lo), self._get(lo + 1)
+
+    def at(self, t: float) -> Any:
+        """The frame shown at `t` (calls with non-decreasing `t` read forward only)."""
+        if self.frame is None or t < self.frame.pts_seconds - _PTS_EPS:
+            self._seek(t)
+        while self.next is not None and self.next.pts_seconds <= t + _PTS_EPS:
+            self.index += 1
+            self.frame, self.next = self.next, self._get(self.index + 1)
+        return self.frame
+
+
 def _decode_frames(
     data: bytes, times: list[float], box: tuple[int, int, int, int], height: int, width: int, threads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +180,9 @@ def _decode_frames(
     source frame is in memory. The decoder reads forward only; a frame shown at several output times is decoded
     once. Overall about 2x less CPU than the decoder-side `CenterCrop` + `Resize` transforms.
 
+    A frame is the one on screen at `t` when its pts is at most `t`: if torchcodec returns a later frame (packets
+    without durations, variable frame rate), the rest of the clip is read by pts (`_FramesByPts`).
+
     Returns:
         uint8 video `[3, F, H, W]` and float64 `[F]` presentation times (seconds) of the frames used.
     """
@@ -150,15 +192,27 @@ def _decode_frames(
     n = len(times)
     video = torch.empty(3, n, height, width, dtype=torch.uint8)
     pts = torch.empty(n, dtype=torch.float64)
+    by_pts: _FramesByPts | None = None
     last_pts, last_end = 0.0, -math.inf
     for i, t in enumerate(times):
         if i > 0 and t < last_end:  # the previous frame is still on screen
             video[:, i] = video[:, i - 1]
         else:
-            frame = decoder.get_frame_played_at(t)
-            video[:, i] = _resize_frame(frame.data, box, height, width)
-            last_pts = frame.pts_seconds
-            last_end = last_pts + frame.duration_seconds
+            if by_pts is None:
+                frame = decoder.get_frame_played_at(t)
+                if frame.pts_seconds > t + _PTS_EPS and t >= (decoder.metadata.begin_stream_seconds or 0.0):
+                    by_pts = _FramesByPts(decoder)  # durations are missing or wrong: trust pts only
+            if by_pts is not None:
+                frame = by_pts.at(t)
+                nxt = by_pts.next
+                end = nxt.pts_seconds if nxt is not None else frame.pts_seconds + frame.duration_seconds
+            else:
+                end = frame.pts_seconds + frame.duration_seconds
+            if i > 0 and frame.pts_seconds == last_pts:
+                video[:, i] = video[:, i - 1]
+            else:
+                video[:, i] = _resize_frame(frame.data, box, height, width)
+            last_pts, last_end = frame.pts_seconds, end
         pts[i] = last_pts
     return video, pts
 

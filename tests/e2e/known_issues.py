@@ -31,9 +31,6 @@ ISSUE_9 = {
         "a one-expert LoRA lists targets of the expert it never injected; our predict refuses it",
         "LoRA keys do not match the model",
     ),
-    4: Issue(
-        "encode --checkpoint with a DAC at 300 Hz and --sample-rate 48000 only warns, then encodes", None
-    ),
     5: Issue("a full fine-tune writes only last.ckpt: no release-layout component folder", None),
     9: Issue("two single-expert runs train two independent audio/bridge adapters that both get loaded", None),
 }

@@ -32,10 +32,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SEED = 0
 TEXT_LEN = 160
-CLI = ["--num-frames", "9", "--height", "48", "--width", "64", "--fps", "8", "--sample-rate", "16000"]
-SETTINGS = CacheSettings(num_frames=9, height=48, width=64, fps=8.0, sample_rate=16000, text_len=TEXT_LEN)
+CLI = ["--num-frames", "9", "--height", "48", "--width", "64", "--fps", "8", "--sample-rate", "1600"]
+SETTINGS = CacheSettings(num_frames=9, height=48, width=64, fps=8.0, sample_rate=1600, text_len=TEXT_LEN)
 # cheaper settings for the rank / resume tests (center crop 48x64 -> 32x32, 5 frames)
-SMALL = CacheSettings(num_frames=5, height=32, width=32, fps=8.0, sample_rate=16000, text_len=TEXT_LEN)
+SMALL = CacheSettings(num_frames=5, height=32, width=32, fps=8.0, sample_rate=1600, text_len=TEXT_LEN)
 
 
 def read_cache(folder: Path) -> dict[str, tuple[bytes, bytes, str]]:
@@ -149,7 +149,7 @@ def test_cache_layout_and_index(cache_dir, encoders):
 
 def test_acceptance_cached_equals_raw_plus_encoders(raw_dir, cache_dir, encoders):
     """Acceptance 4: the cached datamodule yields exactly the bf16 cast of raw decode + the same tiny encoders."""
-    common = dict(num_frames=9, fps=8.0, height=48, width=64, sample_rate=16000, batch_size=2, num_workers=0)
+    common = dict(num_frames=9, fps=8.0, height=48, width=64, sample_rate=1600, batch_size=2, num_workers=0)
     raw_dm = MovaDataModule(shards=raw_dir, val_shards=raw_dir, mode="raw", video_output="float", **common)
     cached_dm = MovaDataModule(
         shards=cache_dir, val_shards=cache_dir, mode="cached", text_len=TEXT_LEN, **common
@@ -199,7 +199,7 @@ from mova_train.data.cache import cond_with_mask, read_cached_sample
 from mova_train.data.datamodule import MovaDataModule
 import json, tarfile
 dm = MovaDataModule(shards={str(cache_dir)!r}, val_shards={str(cache_dir)!r}, mode="cached", num_frames=9, fps=8.0,
-                    height=48, width=64, sample_rate=16000, batch_size=2, num_workers=0, text_len={TEXT_LEN})
+                    height=48, width=64, sample_rate=1600, batch_size=2, num_workers=0, text_len={TEXT_LEN})
 dm.setup()
 got = {{}}
 for batch in dm.val_dataloader():
@@ -328,7 +328,7 @@ def test_checkpoint_folder_path(raw_dir, encoders, tmp_path):
     hashes = checkpoint_hashes(root)
     assert hashes == checkpoint_hashes(root)
     out = tmp_path / "cache"
-    small = ["--num-frames", "5", "--height", "32", "--width", "32", "--fps", "8", "--sample-rate", "16000"]
+    small = ["--num-frames", "5", "--height", "32", "--width", "32", "--fps", "8", "--sample-rate", "1600"]
     argv = [
         "--shards",
         str(raw_dir),
@@ -385,7 +385,7 @@ def test_cached_datamodule_refuses_other_settings_before_training(cache_dir):
         fps=8.0,
         height=48,
         width=64,
-        sample_rate=16000,
+        sample_rate=1600,
         num_workers=0,
     )
     with pytest.raises(StaleCacheError, match="num_frames 9 != 13"):
@@ -404,7 +404,7 @@ def test_cache_stores_the_empty_clip_latent_for_t2av(raw_dir, cache_dir, encoder
         want = encoders.video_vae.encode_empty(9, 48, 64)[0].to(torch.bfloat16).float()
     assert torch.equal(read_empty_latents(cache_dir)[(4, 3, 6, 8)], want)
     dm = MovaDataModule(shards=str(cache_dir), val_shards=str(cache_dir), mode="cached", num_frames=9, fps=8.0,
-                        height=48, width=64, sample_rate=16000, batch_size=2, num_workers=0, text_len=TEXT_LEN)  # fmt: skip
+                        height=48, width=64, sample_rate=1600, batch_size=2, num_workers=0, text_len=TEXT_LEN)  # fmt: skip
     dm.setup()
     batch = dm.finalize_batch(next(iter(dm.val_dataloader())), consumed=False)
     assert batch["empty_latents"].shape == (2, 4, 3, 6, 8) and torch.equal(batch["empty_latents"][1], want)
@@ -418,7 +418,7 @@ def test_cache_stores_the_empty_clip_latent_for_t2av(raw_dir, cache_dir, encoder
     encode_cache(raw_dir, old, encoders, module_hashes(encoders), SMALL, **kw)
     (old / EMPTY_LATENTS_FILE).unlink()
     dm = MovaDataModule(shards=str(old), mode="cached", num_frames=5, fps=8.0, height=32, width=32,
-                        sample_rate=16000, batch_size=2, num_workers=0, text_len=TEXT_LEN)  # fmt: skip
+                        sample_rate=1600, batch_size=2, num_workers=0, text_len=TEXT_LEN)  # fmt: skip
     dm.setup()
     stale = dm.finalize_batch(next(iter(dm.train_dataloader())), consumed=False)
     assert "empty_latents" not in stale

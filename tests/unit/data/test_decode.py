@@ -136,3 +136,40 @@ def test_shared_media_clip_decodes_to_the_release_shapes(media_dir):
     assert out["frame_indices"].tolist() == list(range(193))
     assert out["audio"].abs().max() > 0.01  # real sound, not padding
     assert torch.equal(out["first_frame"], out["video"][:, 0])
+
+
+# Issue 14.8: a variable-frame-rate clip whose packets carry no true durations (12 frames at 24 fps, then 18 at
+# 12 fps; the mkv muxer writes 33 ms for every packet). Frame k shows the gray level 16 + 7k.
+VFR_PTS = [k / 24 for k in range(12)] + [0.5 + (k - 12) / 12 for k in range(12, 30)]
+
+
+@pytest.fixture(scope="module")
+def vfr_mkv(tmp_path_factory) -> bytes:
+    import subprocess
+
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mkv"
+    setpts = "if(lt(N,12),N/24,0.5+(N-12)/12)/TB"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+         "color=c=black:s=32x32:r=30:d=1,format=gray,geq=lum='16+N*7'",
+         "-vf", f"settb=1/1000,setpts='{setpts}'", "-fps_mode", "passthrough", "-enc_time_base:v", "1/1000",
+         "-c:v", "libx264", "-g", "1", "-bf", "0", "-qp", "0", "-pix_fmt", "yuv444p", "-an", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+def test_vfr_clip_without_durations_shows_the_frame_on_screen(vfr_mkv):
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(vfr_mkv, seek_mode="exact", dimension_order="NCHW")
+    source = decoder.get_frames_at(list(range(len(decoder))))
+    assert len(decoder) == 30
+    assert source.pts_seconds.tolist() == pytest.approx(VFR_PTS, abs=1.5e-3)  # ms timestamps in mkv
+    assert set(source.duration_seconds.tolist()) == {0.033}  # the wrong durations that caused it
+    out = decode_clip(vfr_mkv, {}, num_frames=41, fps=24.0, height=32, width=32, missing_audio="silence",
+                      output="uint8")  # fmt: skip
+    for i in range(41):
+        t = i / 24
+        want = max(k for k, p in enumerate(source.pts_seconds.tolist()) if p <= t + 1e-6)
+        assert torch.equal(out["video"][:, i], source.data[want]), (i, t, want)
