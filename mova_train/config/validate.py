@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,16 +80,49 @@ def _target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, An
             yield from _target_nodes(value, f"{path}[{i}]")
 
 
-def _accepted(target: Any) -> set[str] | None:
-    """The keyword names `target` accepts, or None when it takes `**kwargs` (or has no readable signature)."""
+def _named(fn: Any) -> tuple[set[str], str | None] | None:
+    """The keyword names of `fn` and the name of its `**kwargs` (None: no readable signature)."""
     try:
-        sig = inspect.signature(target)
+        params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return None
-    params = sig.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var = next((p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    return names, var
+
+
+def _forwards_to_super(init: Any, var: str) -> bool:
+    """Whether `init`'s source passes its `**var` on to `super().__init__` (and nowhere else matters)."""
+    try:
+        source = inspect.getsource(init)
+    except (OSError, TypeError):
+        return False
+    return re.search(rf"super\(\)\.__init__\([^)]*\*\*{re.escape(var)}\b", source) is not None
+
+
+def _accepted(target: Any) -> set[str] | None:
+    """The keyword names `target` accepts, or None when that is open-ended.
+
+    A class whose `__init__` passes its `**kwargs` to `super().__init__` (e.g. a `ModelCheckpoint` subclass) accepts
+    its bases' arguments too: they are added, up the MRO, until an `__init__` takes no `**kwargs`.
+    """
+    if not inspect.isclass(target):
+        named = _named(target)
+        return None if named is None or named[1] else named[0]
+    accepted: set[str] = set()
+    for cls in inspect.getmro(target):
+        if cls is object or "__init__" not in vars(cls):
+            continue
+        init = vars(cls)["__init__"]
+        named = _named(init)
+        if named is None:
+            return None
+        accepted |= named[0] - {"self"}
+        if named[1] is None:
+            return accepted
+        if not _forwards_to_super(init, named[1]):
+            return None
+    return None
 
 
 def check_target_keys(container: Mapping[str, Any]) -> None:
