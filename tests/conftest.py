@@ -67,6 +67,18 @@ def _deterministic_torch():
     torch.set_default_dtype(prev_dtype)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny models gain nothing from more, and on a busy 2-core machine
+    OpenMP spinning costs seconds (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA; without it they are skipped (never failed)."""
     import torch

@@ -2,7 +2,7 @@
 
 Each sample is written as ``<output_dir>/step<step:07d>/<request id>.mp4`` + ``.json`` sidecar, logged to every
 attached `WandbLogger` as ``wandb.Video(path, format="mp4")`` (from the file, so its audio track is kept and no
-moviepy is needed; environment.md gotcha 14), and summarized as latent statistics through every logger's
+moviepy is needed; docs/environment.md gotcha 5), and summarized as latent statistics through every logger's
 ``log_metrics``, with the weight-free A/V sync audit of each decoded sample (``val/av_offset_ms``,
 ``val/av_confidence``; `mova_train.data.av_sync`).
 

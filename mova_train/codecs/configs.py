@@ -1,6 +1,6 @@
 """Config dataclasses of the two codecs: the DAC audio VAE and the Wan2.1 video VAE.
 
-Defaults are the released MOVA values (mova_spec.md §1.6 and §1.7). `configs.py` re-exports both classes.
+Defaults are the released MOVA values (docs/model.md §1.6 and §1.7). `configs.py` re-exports both classes.
 Each class reads a checkpoint `config.json` dict with `from_dict` (unknown keys such as `_class_name` or
 `_diffusers_version` are ignored) and writes one back with `to_dict`.
 """
@@ -81,7 +81,7 @@ class _ConfigMixin:
 
 @dataclass
 class DACConfig(_ConfigMixin):
-    """Continuous DAC audio VAE (`audio_vae/config.json`, mova_spec.md §1.6).
+    """Continuous DAC audio VAE (`audio_vae/config.json`, docs/model.md §1.6).
 
     Attributes:
         encoder_dim: channels of the first encoder conv; doubled by every encoder block.
@@ -135,7 +135,7 @@ class DACConfig(_ConfigMixin):
 
 @dataclass
 class VideoVAEConfig(_ConfigMixin):
-    """Wan2.1 video VAE, i.e. diffusers `AutoencoderKLWan` (`video_vae/config.json`, mova_spec.md §1.7).
+    """Wan2.1 video VAE, i.e. diffusers `AutoencoderKLWan` (`video_vae/config.json`, docs/model.md §1.7).
 
     The field names and defaults are those of `AutoencoderKLWan.__init__` (so `to_dict()` can be passed to it
     as keyword arguments). `temperal_downsample` keeps the upstream spelling.

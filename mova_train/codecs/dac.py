@@ -1,4 +1,4 @@
-"""Continuous DAC audio VAE (the MOVA `audio_vae`, from HunyuanVideo-Foley), mova_spec.md §5.2.
+"""Continuous DAC audio VAE (the MOVA `audio_vae`, from HunyuanVideo-Foley), docs/model.md §5.2.
 
 Plain fused convolutions (the released weights are stored with weight norm removed), Snake activations and no
 quantizer. Module names reproduce the checkpoint keys: `encoder.block.{i}...`, `quant_conv`, `post_quant_conv`,

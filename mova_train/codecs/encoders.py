@@ -3,7 +3,7 @@
 :class:`MovaEncoders` turns a raw batch from the datamodule (``video``, ``first_frame``, ``audio``,
 ``caption``) into the latent dict the objective consumes; in cached mode the datamodule already yields
 latents (same names, ``mova_train.data.schema.Batch``) and :func:`latents_from_cached` only checks them.
-Every encoder is frozen and runs without gradients (spec §7.4).
+Every encoder is frozen and runs without gradients (docs/model.md §7.4).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""UMT5 text encoder with MOVA's prompt cleaning and zero padding to 512 rows, mova_spec.md §6.
+"""UMT5 text encoder with MOVA's prompt cleaning and zero padding to 512 rows, docs/model.md §6.
 
 `MovaTextEncoder.encode(prompts)` cleans each prompt (`prompt_clean`), tokenizes with padding to `max_length`
 (512) and truncation, runs the UMT5 encoder **with** the attention mask, and zeroes every row past each prompt's
 real length (its mask-1 tokens, `</s>` included). The DiTs then attend all rows with no mask.
 
 `MovaTextEncoder.tiny()` builds a random-init UMT5 and an in-process trained Unigram tokenizer, offline, for
-tests (environment.md gotcha 16).
+tests (docs/environment.md gotcha 6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Wan2.1 video VAE (diffusers `AutoencoderKLWan`) with MOVA's latent normalization, mova_spec.md §5.1 / §2.5.
+"""Wan2.1 video VAE (diffusers `AutoencoderKLWan`) with MOVA's latent normalization, docs/model.md §5.1.
 
 `WanVideoVAE` holds the diffusers model as `.vae`. Its `state_dict()` / `load_state_dict()` use the diffusers key
 names **without** a `vae.` prefix (state-dict hooks strip and restore it, also when the wrapper is nested in a
@@ -161,7 +161,7 @@ class WanVideoVAE(nn.Module):
         return self.decode_raw(self.denormalize(z_n))
 
     def encode_first_frame_condition(self, first_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Build the first-frame conditioning `y` = [4 mask channels | normalized latent] (mova_spec.md §2.5).
+        """Build the first-frame conditioning `y` = [4 mask channels | normalized latent] (§2.5).
 
         The pixel video is [first_frame, then num_frames - 1 frames of exact zeros]; the mask is 1 on latent
         frame 0 and 0 on every later latent frame.

@@ -41,7 +41,7 @@ from mova_train.data.schema import CACHE_KIND
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: text states named `context`, per-sample `latents_sha256`
-MASK_CHANNELS = 4  # first-frame mask channels in front of the cond latent (mova_spec.md §2.5)
+MASK_CHANNELS = 4  # first-frame mask channels in front of the cond latent (docs/model.md §2.5)
 TENSOR_NAMES = ("video_latents", "cond_latents", "audio_latents", "context")
 RERUN_HINT = (
     "re-run `python -m data_tools.encode --shards <raw shards> --out {cache}` with the current settings"
@@ -366,7 +366,7 @@ def pad_text(embeds: torch.Tensor, text_len: int) -> torch.Tensor:
 
 
 def cond_with_mask(cond_latents: torch.Tensor) -> torch.Tensor:
-    """Rebuild the first-frame conditioning `y` from the cached latent (mova_spec.md §2.5).
+    """Rebuild the first-frame conditioning `y` from the cached latent (docs/model.md §2.5).
 
     Args:
         cond_latents: `[z, T', H', W']` or `[B, z, T', H', W']`.

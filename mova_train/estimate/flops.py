@@ -12,7 +12,7 @@ counts. Conventions (the usual ones, and those of ``torch.utils.flop_counter.Flo
 * gradient checkpointing recomputes the checkpointed units (DiT blocks and bridge layers) once more;
 * a sampling step is one denoiser forward per guidance branch (2 with classifier-free guidance).
 
-Token counts (spec §2.6, §3.2): video ``N = T'/pt * (H/8)/ph * (W/8)/pw`` with ``T' = (F-1)//4 + 1``; audio
+docs/model.md §2.6, §3.2: video ``N = T'/pt * (H/8)/ph * (W/8)/pw`` with ``T' = (F-1)//4 + 1``; audio
 ``L = (int(48000*F/fps) - 1)//960 + 1``; text 512 rows.
 """
 

@@ -114,7 +114,7 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
 ) -> LambdaLR:
     """Linear warmup over ``warmup_steps`` optimizer steps, then cosine to ``min_lr_ratio * lr`` at
-    ``total_steps`` (upstream's low-resource schedule, spec §10.3)."""
+    ``total_steps`` (upstream's low-resource schedule, docs/model.md §10.3)."""
     if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(
             f"warmup_cosine: need warmup_steps >= 0, total_steps >= 1, 0 <= min_lr_ratio <= 1; got "
@@ -153,7 +153,7 @@ def adamw8bit(
     weight_decay: float = 0.01,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
-    """bitsandbytes ``AdamW8bit`` (upstream's defaults, spec §10.3); imported lazily."""
+    """bitsandbytes ``AdamW8bit`` (upstream's defaults, docs/model.md §10.3); imported lazily."""
     try:
         import bitsandbytes as bnb
     except ImportError as err:  # pragma: no cover - bitsandbytes is a pinned dependency

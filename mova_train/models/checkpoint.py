@@ -88,7 +88,7 @@ RELEASE_LIBRARIES: dict[str, list[str]] = {
     "dual_tower_bridge": ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"],
 }
 """``model_index.json`` ``[library, class]`` entries of the release (upstream's ``save_pretrained`` writes the
-defining module of custom classes; mova_spec.md §1.2). diffusers and SGLang resolve components through them."""
+defining module of custom classes; docs/model.md §1.2). diffusers and SGLang resolve components by them."""
 PIPELINE_ENTRIES: dict[str, Any] = {"_class_name": "MOVA", "audio_vae_type": "dac", "boundary_ratio": 0.9}
 """The release's other ``model_index.json`` entries."""
 
@@ -394,7 +394,7 @@ def diffusers_version() -> str:
 
 
 def write_model_index(root: str | Path, names: Iterable[str]) -> Path:
-    """Write (or update) ``<root>/model_index.json`` for the components ``names`` (mova_spec.md §1.2).
+    """Write (or update) ``<root>/model_index.json`` for the components ``names`` (docs/model.md §1.2).
 
     Entries are upstream's ``[library, class]`` pairs, which diffusers and SGLang resolve; an existing valid
     file keeps its other entries and values (only the entries of ``names`` are set, missing pipeline entries

@@ -1,9 +1,9 @@
-"""LoRA on the MOVA dual tower through peft, with exact target matching (mova_spec.md §9).
+"""LoRA on the MOVA dual tower through peft, with exact target matching (docs/model.md §9).
 
 Targets are chosen per component (``video_dit``, ``video_dit_2``, ``audio_dit``, ``dual_tower_bridge``) as
 patterns matched **exactly** against the last dotted components of each ``nn.Linear``'s path: the pattern
 ``self_attn.q`` matches ``blocks.3.self_attn.q`` and nothing else; ``q`` alone would match every ``*.q``.
-Upstream's substring regex (spec §13.2 pitfall 3) is not reproduced; its effective layer set is the
+Upstream's substring regex (docs/model.md §13.2 pitfall 3) is not reproduced; its effective layer set is the
 ``"upstream"`` preset (attention + FFN in the towers, q/k/v/o in the bridge).
 
 Groups. Every LoRA layer belongs to one of four groups, by its path: ``video`` (both video experts),
@@ -99,7 +99,7 @@ MODULE_PRESETS: dict[str, dict[str, list[str]]] = {
 """Per-component module presets: a component may name one of these instead of listing patterns."""
 
 SPEC_PRESETS: dict[str, dict[str, str]] = {
-    "upstream": {c: "attn_ffn" for c in COMPONENTS},  # accelerate trainer's effective set (spec §9.1)
+    "upstream": {c: "attn_ffn" for c in COMPONENTS},  # accelerate trainer's set (docs/model.md §9.1)
     "attn": {c: "attn" for c in COMPONENTS},  # low-resource trainer's set
     "attn_ffn": {c: "attn_ffn" for c in COMPONENTS},
     "bridge": {"dual_tower_bridge": "bridge"},

@@ -1,4 +1,4 @@
-"""Upstream's LoRA files (mova_spec.md §9.1-9.2): read them for inference, write them from our LoRA.
+"""Upstream's LoRA files (docs/model.md §9.1-9.2): read them for inference, write them from our LoRA.
 
 Upstream writes ``<dir>/lora_weights.pt`` and ``<dir>/lora_config.pt`` in two incompatible layouts:
 
@@ -109,7 +109,7 @@ def read_upstream_lora(path: str | Path, alpha: float | None = None) -> LoraWeig
     if not isinstance(raw, dict) or not raw:
         raise LoraError(
             f"{weights_file}: holds no LoRA tensors (upstream's single-GPU accelerate trainer saves an empty "
-            f"file, spec §13.2 pitfall 1); use a file written by the FSDP path or by mova_train"
+            f"file, docs/model.md §13.2 pitfall 1); use a file written by the FSDP path or by mova_train"
         )
     tensors: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():

@@ -16,7 +16,7 @@ Rules (:func:`release_folder_problems`, :func:`component_folder_problems`), as r
   ``configs/models/dits/mova_video.py`` asserts ``has_image_input`` is false.
 * Upstream (``OpenMOSS/MOVA`` ``scripts/inference_single.py`` -> ``MOVA.from_pretrained``, diffusers'
   ``DiffusionPipeline``): the ``[library, class]`` entries are imported, so they must be upstream's module paths
-  (:data:`RELEASE_LIBRARIES`, mova_spec.md §1.2).
+  (:data:`RELEASE_LIBRARIES`, docs/model.md §1.2).
 
 :func:`export_merged` writes a copy of a release folder whose touched components hold ``W + B @ A * alpha / r *
 strength``: the way to use a LoRA in SGLang (it loads MOVA without LoRA support) and in upstream without its LoRA

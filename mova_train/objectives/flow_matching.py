@@ -1,9 +1,9 @@
-"""Flow-matching training objective of MOVA (mova_spec.md §7), as small pure functions.
+"""Flow-matching training objective of MOVA (docs/model.md §7), as small pure functions.
 
-Formulation (spec §7.1): ``x_sigma = (1 - sigma) * x0 + sigma * eps``, the model sees ``t = 1000 * sigma``
+docs/model.md §7.1: ``x_sigma = (1 - sigma) * x0 + sigma * eps``, the model sees ``t = 1000 * sigma``
 and regresses the velocity ``eps - x0``. Timesteps are drawn as **indices into the shifted 1000-entry
 training grid** of the :class:`~mova_train.schedulers.flow_match.FlowMatchScheduler` (uniform over the index grid,
-as upstream; spec §7.3), one per sample (upstream draws one per batch).
+as upstream; docs/model.md §7.3), one per sample (upstream draws one per batch).
 
 Expert routing (the two video experts share the audio tower and the bridge):
 

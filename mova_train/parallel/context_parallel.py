@@ -4,7 +4,7 @@ Every rank of a context-parallel (cp) group holds the same batch. After patch em
 one contiguous slice of ``ceil(N / cp)`` video tokens (the last slice is zero-padded), together with the
 matching slices of the RoPE tables. Each video self-attention exchanges q/k/v with an all-to-all so that every
 rank attends over the *whole* sequence with ``H / cp`` heads, then exchanges the result back. Unlike upstream
-(spec §11.1), padded tokens are masked as keys, so the result equals the single-process result for any
+(docs/model.md §11.1), padded tokens are masked as keys, so the result equals the one-process result for any
 sequence length. The text cross-attention stays local (its keys, the text context, are replicated). After the
 heads the sequences are gathered again.
 

@@ -1,5 +1,5 @@
 """Requests in, decoded samples out: text encoding, per-request noise, first-frame conditioning, the sampler,
-and decoding (mova_spec.md §8).
+and decoding (docs/model.md §8).
 
 Modes (`Request.mode`): ``i2av`` conditions on the first frame; ``t2av`` on "no frame" (all mask channels 0 and
 the latent of an empty clip, what `objective.mode=t2av` trains) or, with ``first_frame_mode="white"``, on the

@@ -1,6 +1,6 @@
 """Write a sample as one mp4: H.264 video + AAC mono audio, with torchcodec's multi-stream ``Encoder``.
 
-torchcodec 0.13 is needed (0.12 has no multi-stream encoder; environment.md gotcha 2). The audio is resampled by
+torchcodec 0.13 is needed (docs/environment.md gotcha 1). The audio is resampled by
 FFmpeg to ``out_sample_rate`` (48 kHz) when the codec's rate differs (e.g. the tiny test DAC at 1600 Hz). AAC
 adds priming/padding samples, so a decoded track is slightly longer than what was written (gotcha 4); the
 container durations match the video within one frame.

@@ -1,4 +1,4 @@
-"""First-frame preprocessing for image-conditioned sampling (mova_spec.md §2.5).
+"""First-frame preprocessing for image-conditioned sampling (docs/model.md §2.5).
 
 An image is centre-cropped to the target aspect ratio (integer box), resized to (W, H) with PIL's bicubic filter
 (the default of ``Image.resize``) and mapped to [-1, 1].

@@ -1,4 +1,4 @@
-"""The MOVA sampler: Euler integration of the dual-tower velocity with classifier-free guidance (spec §8).
+"""The MOVA sampler: Euler steps of the dual-tower velocity with classifier-free guidance, docs/model.md §8.
 
 Pure tensor code (no Lightning); used by the predict entry point and the validation callback. The denoiser is
 anything with the `MovaDualTower.forward` signature::
@@ -83,7 +83,7 @@ class SampleResult:
 
 
 def first_frame_condition(cond_latents: torch.Tensor) -> torch.Tensor:
-    """Build the video DiT conditioning ``y`` from the normalized first-frame latent (spec §2.5).
+    """Build the video DiT conditioning ``y`` from the normalized first-frame latent (docs/model.md §2.5).
 
     Args:
         cond_latents: Normalized VAE latent of [first frame, zero frames...], [B, C, T', H', W'].

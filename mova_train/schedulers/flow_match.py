@@ -1,4 +1,4 @@
-"""Flow-matching scheduler of MOVA (`FlowMatchPairScheduler` in the release, spec §1.8, §7.2, §8.2).
+"""Flow-matching scheduler of MOVA (`FlowMatchPairScheduler` in the release, docs/model.md §1.8, §7.2, §8.2).
 
 The scheduler owns three things:
 
@@ -10,7 +10,7 @@ The scheduler owns three things:
 
 By default the Euler sigmas are looked up by nearest timestep in the training grid, as the released pipeline
 does (bit-faithful with upstream and the golden data). ``exact_euler_steps=True`` uses the inference-grid
-sigmas instead (spec §13.2 pitfall 5); the two agree whenever N divides ``num_train_timesteps`` with
+sigmas instead (docs/model.md §13.2 pitfall 5); the two agree whenever N divides ``num_train_timesteps`` with
 ``extra_one_step=True``.
 
 All grids are computed in float32, as upstream does.
@@ -35,7 +35,7 @@ LOW_NOISE_EXPERT = "video_dit_2"
 
 @dataclass
 class SchedulerConfig:
-    """Fields of the release's `scheduler/scheduler_config.json` (spec §1.8).
+    """Fields of the release's `scheduler/scheduler_config.json` (docs/model.md §1.8).
 
     Attributes:
         num_train_timesteps: Size of the training grid; timesteps are ``num_train_timesteps * sigma``.
@@ -274,7 +274,7 @@ class FlowMatchScheduler:
         """Fraction of training-grid indices with timestep >= boundary (0.359 for the release config).
 
         Training indices ``[0, boundary * num_train_timesteps)`` belong to the high-noise expert
-        ``video_dit``, the rest to ``video_dit_2`` (spec §7.3, after upstream PR #32).
+        ``video_dit``, the rest to ``video_dit_2`` (docs/model.md §7.3, after upstream PR #32).
         """
         count = int((self.train_timesteps >= boundary_timestep).sum().item())
         return count / self.cfg.num_train_timesteps

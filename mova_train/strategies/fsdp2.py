@@ -2,7 +2,7 @@
 ``ModelParallelStrategy``, optionally composed with context parallelism on a ``(dp, cp)`` mesh.
 
 Lightning's ``FSDPStrategy`` (FSDP1) is not used: it cannot run on CPU, so CI could not test it
-(docs/environment.md gotcha 10). FSDP2 works on gloo and is what upstream's accelerate config uses.
+(docs/environment.md gotcha 3). FSDP2 works on gloo and is what upstream's accelerate config uses.
 
 Units. Every instance of ``model.block_classes`` (``DiTBlock``, ``ConditionalCrossAttentionBlock``) becomes
 one FSDP unit; each tower's ``keep_in_fp32_modules`` (the time MLPs) become units whose parameters stay

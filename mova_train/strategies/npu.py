@@ -2,7 +2,7 @@
 
 ``torch_npu`` is imported lazily, inside the accelerator's methods, so nothing here (nor importing
 ``mova_train`` / ``mova_train.strategies``) imports it unless an NPU run asks for it: installed without the
-Ascend CANN toolkit, ``torch_npu`` breaks ``import torch`` itself (docs/environment.md gotcha 17).
+Ascend CANN toolkit, ``torch_npu`` breaks ``import torch`` itself (docs/environment.md gotcha 7).
 
 Use ``trainer.accelerator=npu`` together with ``strategy=npu`` (DDP over HCCL) or an FSDP2 strategy from
 :func:`npu_fsdp2_strategy`. Lightning's own ``FSDPStrategy`` admits only CUDA, so NPU sharding goes through
@@ -54,7 +54,7 @@ class NPUAccelerator(Accelerator):
         _npu().set_device(device.index or 0)
 
     def setup(self, trainer: Any) -> None:
-        """Upstream's NPU settings (spec §11.3): deterministic HCCL unless the user set it."""
+        """Upstream's NPU settings (docs/model.md §11.3): deterministic HCCL unless the user set it."""
         os.environ.setdefault("HCCL_DETERMINISTIC", "TRUE")
 
     def get_device_stats(self, device: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ Storage (``storage=``):
 
 - ``"native"`` (default, lossless): the parameter's own dtype (bf16 for a bf16 model).
 - ``"int8"`` (lossy): symmetric per-output-row int8 with a float32 scale ``absmax / 127`` per row.
-- ``"fp8"`` (lossy, upstream's scheme, spec §10.3): ``float8_e4m3fn`` with one float32 scale
+- ``"fp8"`` (lossy, upstream's scheme, docs/model.md §10.3): ``float8_e4m3fn`` with one float32 scale
   ``absmax / 448`` per tensor.
 
 The 8-bit kinds halve host memory and PCIe traffic, but training then sees rounded frozen weights; tensors

@@ -146,7 +146,7 @@ def single_gpu_offload(
     """Factory for ``conf/strategy/single_gpu_offload.yaml`` (``_target_:
     mova_train.strategies.single_gpu_offload``); arguments as in :class:`SingleGPUOffloadStrategy`.
 
-    Defaults follow upstream's low-resource trainer (spec §10.3): checkpointing with activation offload,
+    Defaults: upstream's low-resource trainer (docs/model.md §10.3): checkpointing with activation offload,
     one unit prefetched, lossless storage (upstream stores fp8; ``storage="fp8"`` reproduces that).
     """
     return SingleGPUOffloadStrategy(

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import tiny_inputs
 
 from mova_train.models.builders import build_dual_tower, mova_tiny, tiny_config
 
 pytestmark = pytest.mark.gpu
 
 
-def _inputs(device: str):
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        latents=torch.randn(2, 4, 3, 4, 6, generator=g).to(device),
-        y=torch.randn(2, 8, 3, 4, 6, generator=g).to(device),
-        audio_latents=torch.randn(2, 8, 13, generator=g).to(device),
-        context=torch.randn(2, 7, 32, generator=g).to(device),
-        timestep=torch.tensor([950.0, 300.0], device=device),
-        audio_timestep=torch.tensor([950.0, 300.0], device=device),
+def _inputs(device: str) -> dict:
+    return tiny_inputs(
+        batch=2, frames=3, width=6, audio_len=13, text_len=7, timestep=(950.0, 300.0), device=device
     )
 
 

@@ -18,7 +18,7 @@ from mova_train.models.lora import LoraSpec, base_state_dict, inject_lora, lora_
 from mova_train.models.lora_formats import split_modules
 
 EXPERTS = ("video_dit", "video_dit_2")
-# model_index.json as upstream's save_pretrained writes it (mova_spec.md §1.2)
+# model_index.json as upstream's save_pretrained writes it (docs/model.md §1.2)
 UPSTREAM_INDEX = {
     "_class_name": "MOVA",
     "_diffusers_version": "0.35.1",

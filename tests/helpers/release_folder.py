@@ -1,8 +1,8 @@
 """Write a tiny MOVA checkpoint folder laid out and written the way the release is, not by mova_train.
 
 The weights are the original implementation's, at tiny size: the `weights.<component>.<key>` tensors of
-``shared/golden/sampling.safetensors`` (configs in ``sampling.json``; see ``shared/golden/README.md``). Every
-file is written by the tool that writes it in the release (mova_spec.md §1):
+the golden folder's ``sampling.safetensors`` (``$MOVA_GOLDEN_DIR``; configs in ``sampling.json``). Every
+file is written by the tool that writes it in the release (docs/model.md §1):
 
 - ``video_dit/``, ``video_dit_2/``: bf16 ``diffusion_pytorch_model-0000k-of-0000n.safetensors`` shards with a
   ``diffusion_pytorch_model.safetensors.index.json``, and a ``config.json`` with ``_class_name`` and
@@ -12,7 +12,7 @@ file is written by the tool that writes it in the release (mova_spec.md §1):
 - ``video_vae/``: diffusers' own ``AutoencoderKLWan(...).save_pretrained`` (golden weights loaded first);
 - ``text_encoder/``: transformers' ``UMT5EncoderModel.save_pretrained`` (random tiny config whose ``d_model``
   is the DiTs' ``text_dim``), ``tokenizer/``: ``T5TokenizerFast.save_pretrained`` of a Unigram vocabulary
-  trained in process (offline, environment.md gotcha 16);
+  trained in process (offline, docs/environment.md gotcha 6);
 - ``model_index.json`` and ``scheduler/scheduler_config.json`` with upstream's library strings (§1.2, §1.8).
 
 Run it by hand to get such a folder (``paths.checkpoint_dir=/tmp/ckpt`` then finds ``MOVA-360p`` in it)::

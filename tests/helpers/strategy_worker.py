@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from helpers.tiny import cpu_trainer
 from mova_train.codecs.encoders import latents_from_cached
 from mova_train.lit import MovaLitModule
 from mova_train.models import mova_tiny
@@ -99,15 +100,11 @@ def loader(per_rank_batch: int, world_size: int = 1, rank: int = 0) -> DataLoade
 
 
 def trainer(strategy: Any, devices: int, max_steps: int = STEPS, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
+    return cpu_trainer(
         devices=devices,
         strategy=strategy,
         max_steps=max_steps,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         **kwargs,

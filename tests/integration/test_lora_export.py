@@ -6,8 +6,8 @@ import csv
 
 import pytest
 import torch
+from helpers.tiny import cpu_trainer
 from helpers.tiny_latents import TinyDataModule, tiny_module
-from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from mova_train.callbacks.lora_export import LoraExport
@@ -17,21 +17,12 @@ from mova_train.models.lora import LoraSpec, base_state_dict
 from mova_train.models.lora_apply import apply_loras
 from mova_train.models.lora_file import read_lora
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(tmp_path, module, callbacks, steps=3):
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_steps=steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         logger=CSVLogger(tmp_path, name="csv"),
         log_every_n_steps=1,

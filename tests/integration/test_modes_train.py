@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import cpu_trainer
 from helpers.tiny_latents import TinyDataModule, make_batch, tiny_module
-from lightning.pytorch import Trainer
 
 from mova_train.codecs.encoders import latents_from_cached
 from mova_train.models import mova_tiny
 from mova_train.models.lora import LoraSpec
 from mova_train.objectives import FlowMatchingObjective
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MIX = {"i2av": 0.25, "t2av": 0.25, "a2v": 0.25, "v2a": 0.25}
 EXPECTED = {
@@ -20,14 +22,6 @@ EXPECTED = {
     "a2v": {"loss_a2v_video"},
     "v2a": {"loss_v2a_audio"},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -62,10 +56,9 @@ def test_each_mode_lowers_the_losses_it_trains(mode):
 
 def test_mixed_fit_logs_per_mode_losses(tmp_path):
     mod = tiny_module(lora=LoraSpec(rank=4, alpha=4, preset="attn"), mode=MIX, expert_mode="by_timestep")
-    trainer = Trainer(
-        accelerator="cpu", max_steps=6, enable_progress_bar=False, enable_model_summary=False, logger=False,
-        enable_checkpointing=False, default_root_dir=tmp_path, log_every_n_steps=1,
-    )  # fmt: skip
+    trainer = cpu_trainer(
+        max_steps=6, enable_checkpointing=False, default_root_dir=tmp_path, log_every_n_steps=1
+    )
     trainer.fit(mod, datamodule=TinyDataModule(fixed=True))
     logged = {k.removeprefix("train/") for k in trainer.callback_metrics if k.startswith("train/loss_")}
     assert len(logged & set().union(*EXPECTED.values())) >= 3, sorted(logged)

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from helpers.tiny import cpu_trainer
 from helpers.tiny_latents import TinyDataModule, make_batch, tiny_module
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -22,26 +23,15 @@ from mova_train.models.lora import LoraSpec, base_state_dict
 from mova_train.models.lora_apply import load_lora
 from mova_train.models.lora_upstream import write_upstream
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LORA = LoraSpec(rank=4, alpha=4, preset="attn_ffn")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core box, OpenMP spinning costs seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trainer(tmp_path, max_steps, callbacks=(), accumulate=2, **kw) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
+    return cpu_trainer(
         deterministic=True,
         max_steps=max_steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
         accumulate_grad_batches=accumulate,
         gradient_clip_val=1.0,
         default_root_dir=tmp_path,

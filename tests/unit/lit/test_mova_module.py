@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from helpers.tiny import cpu_trainer
 from helpers.tiny_latents import TinyDataModule, make_batch, tiny_module
 from lightning.pytorch import Trainer
 
@@ -13,24 +14,14 @@ from mova_train.lit.optim import adamw8bit, build_param_groups, warmup_cosine, w
 from mova_train.models import mova_tiny
 from mova_train.models.lora import LoraSpec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LORA = LoraSpec(rank=4, alpha=4, preset="attn")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fit(mod, steps: int, tmp_path, accumulate: int = 1, **dm_kw) -> Trainer:
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_steps=steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
         enable_checkpointing=False,
         accumulate_grad_batches=accumulate,
         default_root_dir=tmp_path,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers.tiny import tiny_inputs
 from safetensors.torch import load_file, save_file
 
 from mova_train.codecs.configs import DACConfig, VideoVAEConfig
@@ -21,18 +22,6 @@ from mova_train.models.checkpoint import (
     save_component,
     save_dual_tower,
 )
-
-
-def _inputs():
-    g = torch.Generator().manual_seed(3)
-    return dict(
-        latents=torch.randn(1, 4, 2, 4, 4, generator=g),
-        y=torch.randn(1, 8, 2, 4, 4, generator=g),
-        audio_latents=torch.randn(1, 8, 9, generator=g),
-        context=torch.randn(1, 5, 32, generator=g),
-        timestep=torch.tensor([930.0]),
-        audio_timestep=torch.tensor([930.0]),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +44,8 @@ def test_round_trip_identical_outputs(tmp_path, tiny, max_shard_bytes):
     loaded = load_dual_tower(tmp_path, dtype=torch.float32)
     with torch.no_grad():
         for expert in ("video_dit", "video_dit_2"):
-            for a, b in zip(tiny(**_inputs(), expert=expert), loaded(**_inputs(), expert=expert)):
+            x = tiny_inputs(expert=expert, audio_len=9, text_len=5, timestep=930.0, seed=3)
+            for a, b in zip(tiny(**x), loaded(**x), strict=True):
                 assert torch.equal(a, b)
 
 
@@ -156,7 +146,7 @@ def test_model_index_has_upstream_library_strings_and_loads_in_diffusers(folder)
     from packaging import version
 
     index = json.loads((folder / "model_index.json").read_text())
-    # mova_spec.md §1.2 (what diffusers' save_pretrained writes for upstream's MOVA pipeline)
+    # docs/model.md §1.2 (what diffusers' save_pretrained writes for upstream's MOVA pipeline)
     assert index["video_dit"] == index["video_dit_2"] == ["mova.diffusion.models.wan_video_dit", "WanModel"]
     assert index["audio_dit"] == ["mova.diffusion.models.wan_audio_dit", "WanAudioModel"]
     assert index["dual_tower_bridge"] == ["mova.diffusion.models.interactionv2", "DualTowerConditionalBridge"]

@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from helpers.tiny import tiny_args
 from helpers.tiny_latents import tiny_module
 
 from mova_train.models import mova_tiny
@@ -23,18 +24,9 @@ from mova_train.strategies.offload import BlockStreamer
 LORA = LoraSpec(rank=4, alpha=4, preset="attn")
 
 
-def _inputs(seed: int = 1) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    lat = torch.randn(1, 4, 2, 4, 4, generator=g)
-    y = torch.randn(1, 8, 2, 4, 4, generator=g)
-    audio = torch.randn(1, 8, 8, generator=g)
-    ctx = torch.randn(1, 8, 32, generator=g)
-    return lat, y, audio, ctx, torch.tensor([700.0]), torch.tensor([300.0])
-
-
 def _loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    v, a = model(*_inputs())
+    v, a = model(*tiny_args(audio_len=8, text_len=8, timestep=700.0, audio_timestep=300.0, seed=1))
     (v.square().mean() + a.square().mean()).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return v.detach(), a.detach(), grads

@@ -7,25 +7,23 @@ import sys
 
 import pytest
 import torch
+from helpers.tiny import tiny_inputs
 
-from mova_train.models import MovaDualTower, mova_tiny
+from mova_train.models import mova_tiny
 from mova_train.models.attention import get_attention_backend, set_attention_backend
 
-
-def _inputs(
-    model: MovaDualTower, batch: int = 2, frames: int = 3, h: int = 4, w: int = 6, audio_len: int = 13
-):
-    g = torch.Generator().manual_seed(1)
-    c = model.video_dit.config.out_dim
-    ca = model.audio_dit.config.in_dim
-    return dict(
-        latents=torch.randn(batch, c, frames, h, w, generator=g),
-        y=torch.randn(batch, c + 4, frames, h, w, generator=g),
-        audio_latents=torch.randn(batch, ca, audio_len, generator=g),
-        context=torch.randn(batch, 7, model.video_dit.config.text_dim, generator=g),
-        timestep=torch.tensor([950.0, 120.0][:batch]),
-        audio_timestep=torch.tensor([400.0, 990.0][:batch]),
-    )
+# two samples with their own times; latents 3 x 4 x 6 (token grid 3 x 2 x 3), 13 audio frames, 7 text rows
+BATCH = dict(
+    batch=2,
+    frames=3,
+    width=6,
+    audio_len=13,
+    text_len=7,
+    timestep=(950.0, 120.0),
+    audio_timestep=(400.0, 990.0),
+    seed=1,
+)
+ONE = {**BATCH, "batch": 1}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def model():
 
 
 def test_output_shapes(model):
-    x = _inputs(model)
+    x = tiny_inputs(model, **BATCH)
     v, a = model(**x)
     assert v.shape == x["latents"].shape
     assert a.shape == x["audio_latents"].shape
@@ -42,7 +40,7 @@ def test_output_shapes(model):
 
 def test_batch_of_two_equals_two_singles(model):
     """Per-sample timesteps and heads: upstream's video head breaks at batch > 1, ours must not."""
-    x = _inputs(model)
+    x = tiny_inputs(model, **BATCH)
     with torch.no_grad():
         v, a = model(**x)
         for i in range(2):
@@ -53,7 +51,7 @@ def test_batch_of_two_equals_two_singles(model):
 
 
 def test_shared_timestep_broadcasts(model):
-    x = _inputs(model)
+    x = tiny_inputs(model, **BATCH)
     with torch.no_grad():
         v1, a1 = model(**{**x, "timestep": torch.tensor([500.0]), "audio_timestep": torch.tensor([500.0])})
         v2, a2 = model(
@@ -64,7 +62,7 @@ def test_shared_timestep_broadcasts(model):
 
 
 def test_experts_differ_and_missing_expert_fails(model):
-    x = _inputs(model, batch=1)
+    x = tiny_inputs(model, **ONE)
     with torch.no_grad():
         v_hi, _ = model(**x, expert="video_dit")
         v_lo, _ = model(**x, expert="video_dit_2")
@@ -88,7 +86,7 @@ def test_block_classes_with_either_expert_loaded(experts):
 
 def test_bridge_carries_information_both_ways(model):
     """Changing the audio input changes the video output only through the bridge (and vice versa)."""
-    x = _inputs(model, batch=1)
+    x = tiny_inputs(model, **ONE)
     other_audio = {**x, "audio_latents": x["audio_latents"] + 1.0}
     other_video = {**x, "latents": x["latents"] + 1.0}
     with torch.no_grad():
@@ -104,7 +102,7 @@ def test_bridge_carries_information_both_ways(model):
 
 
 def test_gradient_checkpointing_same_loss_and_grads():
-    x = _inputs(mova_tiny())
+    x = tiny_inputs(mova_tiny(), **BATCH)
     grads = []
     for enabled in (False, True):
         m = mova_tiny()
@@ -119,7 +117,7 @@ def test_gradient_checkpointing_same_loss_and_grads():
 
 def test_forward_backward_reaches_every_trainable_parameter():
     m = mova_tiny()
-    x = _inputs(m)
+    x = tiny_inputs(m, **BATCH)
     loss = sum(
         out.square().mean() for expert in ("video_dit", "video_dit_2") for out in m(**x, expert=expert)
     )
@@ -134,7 +132,7 @@ def test_bf16_forward_keeps_time_mlps_in_fp32():
     m = build_dual_tower(tiny_config(), dtype=torch.bfloat16)
     assert m.video_dit.time_embedding[0].weight.dtype == torch.float32
     assert m.video_dit.blocks[0].ffn[0].weight.dtype == torch.bfloat16
-    v, a = m(**_inputs(m))
+    v, a = m(**tiny_inputs(m, **BATCH))
     assert v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all() and torch.isfinite(a.float()).all()
 
 

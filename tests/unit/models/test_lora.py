@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers.tiny import tiny_args
 from safetensors import safe_open
 
 from mova_train.models import mova_tiny
@@ -25,21 +26,9 @@ from mova_train.models.lora_file import save_lora
 from mova_train.models.lora_upstream import export_upstream
 
 
-def _inputs(seed: int = 0) -> tuple:
-    g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(2, 4, 2, 4, 4, generator=g),
-        torch.randn(2, 8, 2, 4, 4, generator=g),
-        torch.randn(2, 8, 6, generator=g),
-        torch.randn(2, 5, 32, generator=g),
-        torch.tensor([950.0, 500.0]),
-        torch.tensor([950.0, 500.0]),
-    )
-
-
 def _run(model, expert: str = "video_dit") -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
-        return model(*_inputs(), expert=expert)
+        return model(*tiny_args(batch=2, audio_len=6, text_len=5, timestep=(950.0, 500.0)), expert=expert)
 
 
 def _randomize_lora(model, seed: int = 1) -> None:

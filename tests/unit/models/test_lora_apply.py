@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import tiny_output
 
 from mova_train.models import mova_tiny
 from mova_train.models.lora import (
@@ -21,26 +22,6 @@ from mova_train.models.lora_file import build_meta, read_lora, save_lora, warm_s
 
 LOW, HIGH = "video_dit_2", "video_dit"
 RANGES = {LOW: [0.0, 899.9], HIGH: [900.0, 1000.0]}
-
-
-def _inputs(expert: str) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        latents=torch.randn(1, 4, 2, 4, 4, generator=g),
-        y=torch.randn(1, 8, 2, 4, 4, generator=g),
-        audio_latents=torch.randn(1, 8, 10, generator=g),
-        context=torch.randn(1, 6, 32, generator=g),
-        timestep=torch.tensor([500.0]),
-        audio_timestep=torch.tensor([500.0]),
-        video_fps=8.0,
-        expert=expert,
-    )
-
-
-@torch.no_grad()
-def _out(model, expert: str) -> torch.Tensor:
-    v, a = model.eval()(**_inputs(expert))
-    return torch.cat([v.flatten(), a.flatten()])
 
 
 def _train(model, seed: int, only_trainable: bool = True) -> None:
@@ -92,13 +73,15 @@ def test_single_expert_file_lists_its_targets_and_acts_with_its_expert_only(tmp_
     info = apply_loras(both, [path])
     assert info[0]["gated_to"] == [LOW] and info[0]["layers"] == 48
     # low-noise steps: exactly the single-expert model it was trained in
-    assert torch.equal(_out(both, LOW), _out(trained, LOW))
+    assert torch.equal(tiny_output(both, expert=LOW), tiny_output(trained, expert=LOW))
     # high-noise steps: the base model (the shared adapters never saw these steps)
-    assert torch.equal(_out(both, HIGH), _out(mova_tiny(), HIGH))
+    assert torch.equal(tiny_output(both, expert=HIGH), tiny_output(mova_tiny(), expert=HIGH))
     merged = mova_tiny()
     apply_loras(merged, [path], merge=True)  # the video layers merge; the gated shared layers stay live
-    torch.testing.assert_close(_out(merged, LOW), _out(trained, LOW), rtol=1e-5, atol=1e-5)
-    assert torch.equal(_out(merged, HIGH), _out(mova_tiny(), HIGH))
+    torch.testing.assert_close(
+        tiny_output(merged, expert=LOW), tiny_output(trained, expert=LOW), rtol=1e-5, atol=1e-5
+    )
+    assert torch.equal(tiny_output(merged, expert=HIGH), tiny_output(mova_tiny(), expert=HIGH))
 
 
 def test_pair_with_frozen_shared_set_loads_one_shared_set(tmp_path):
@@ -118,7 +101,7 @@ def test_pair_with_frozen_shared_set_loads_one_shared_set(tmp_path):
     ref = mova_tiny()
     apply_loras(ref, [_combined(tmp_path, {"low": video_low, "high": video_high, "shared": shared})])
     for expert in (LOW, HIGH):
-        assert torch.equal(_out(model, expert), _out(ref, expert)), expert
+        assert torch.equal(tiny_output(model, expert=expert), tiny_output(ref, expert=expert)), expert
 
 
 def test_pair_with_warm_started_shared_set_uses_the_descendant(tmp_path):
@@ -135,7 +118,7 @@ def test_pair_with_warm_started_shared_set_uses_the_descendant(tmp_path):
     ref = mova_tiny()
     apply_loras(ref, [_combined(tmp_path, {"low": video_low, "high": video_high, "shared": shared_high})])
     for expert in (LOW, HIGH):
-        assert torch.equal(_out(model, expert), _out(ref, expert)), expert
+        assert torch.equal(tiny_output(model, expert=expert), tiny_output(ref, expert=expert)), expert
 
 
 def test_independent_pair_is_refused_with_the_fix(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import tiny_inputs, tiny_output
 from safetensors.torch import load_file
 
 from mova_train.models import mova_tiny
@@ -23,25 +24,6 @@ from mova_train.models.lora_apply import apply_loras
 from mova_train.models.lora_file import LoraMeta, read_lora, save_lora
 
 SPEC = LoraSpec(rank=4, alpha=8, preset="attn_ffn")
-
-
-def _inputs(expert: str = "video_dit_2") -> dict:
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        latents=torch.randn(1, 4, 2, 4, 4, generator=g),
-        y=torch.randn(1, 8, 2, 4, 4, generator=g),
-        audio_latents=torch.randn(1, 8, 10, generator=g),
-        context=torch.randn(1, 6, 32, generator=g),
-        timestep=torch.tensor([500.0]),
-        audio_timestep=torch.tensor([500.0]),
-        video_fps=8.0,
-        expert=expert,
-    )
-
-
-@torch.no_grad()
-def _out(model, expert: str = "video_dit_2") -> tuple[torch.Tensor, torch.Tensor]:
-    return model.eval()(**_inputs(expert))
 
 
 def _trained(spec: LoraSpec = SPEC, experts=("video_dit", "video_dit_2")):
@@ -114,23 +96,19 @@ def test_group_strength_zero_equals_adapter_without_its_tensors(tmp_path, group)
     path = save_lora(tmp_path / "l.safetensors", _trained(), SPEC)
     reference = mova_tiny()
     apply_loras(reference, [_without(path, tmp_path, {group})])
-    want = _out(reference)
+    want = tiny_output(reference)
     # at load: groups: {group: 0.0}
     zeroed = mova_tiny()
     apply_loras(zeroed, [{"path": str(path), "groups": {group: 0.0}}])
-    got = _out(zeroed)
-    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    assert torch.equal(want, tiny_output(zeroed))
     # live, on a loaded model (what the leakage check does)
     full = mova_tiny()
     apply_loras(full, [path])
-    before = _out(full)
+    before = tiny_output(full)
     with scaled_lora_groups(full, {group: 0.0}):
-        live = _out(full)
-    assert torch.equal(want[0], live[0]) and torch.equal(want[1], live[1])
-    after = _out(full)
-    assert torch.equal(before[0], after[0]) and not torch.equal(
-        before[0] - live[0], torch.zeros_like(live[0])
-    )
+        live = tiny_output(full)
+    assert torch.equal(want, live)
+    assert torch.equal(before, tiny_output(full)) and not torch.equal(before, live)
 
 
 def test_group_strength_scales_that_group_only(tmp_path):
@@ -145,8 +123,7 @@ def test_group_strength_scales_that_group_only(tmp_path):
     got = mova_tiny()
     info = apply_loras(got, [{"path": str(path), "strength": 1.0, "groups": {"audio": 0.5}}])
     assert info[0]["groups"] == {"audio": 0.5}
-    for a, b in zip(_out(ref), _out(got), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(tiny_output(ref), tiny_output(got), rtol=1e-6, atol=1e-6)
     with pytest.raises(LoraError, match="unknown LoRA group 'sound'"):
         apply_loras(mova_tiny(), [{"path": str(path), "groups": {"sound": 0.0}}])
     with pytest.raises(LoraError, match="unknown key"):
@@ -161,11 +138,8 @@ def test_adapters_are_float32_on_a_bf16_base():
     dtypes = {p.dtype for n, p in model.named_parameters() if n in trainable}
     assert dtypes == {torch.float32}
     assert model.video_dit.blocks[0].self_attn.q.base_layer.weight.dtype == torch.bfloat16
-    inputs = {
-        k: (v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-        for k, v in _inputs().items()
-    }
-    inputs["timestep"], inputs["audio_timestep"] = torch.tensor([500.0]), torch.tensor([500.0])
+    inputs = tiny_inputs(expert="video_dit_2")
+    inputs.update({k: inputs[k].to(torch.bfloat16) for k in ("latents", "y", "audio_latents", "context")})
     video, audio = model(**inputs)
     assert video.dtype == torch.bfloat16
     (video.float().square().mean() + audio.float().square().mean()).backward()

@@ -17,7 +17,7 @@ sgl-project/sglang ``python/sglang/multimodal_gen``:
   ``runtime/models/dits/mova_video_dit.py`` / ``mova_audio_dit.py``; the bridge's ``DualTowerConditionalBridge``)
   and ``configs/models/dits/mova_video.py`` asserts ``not has_image_input``.
 
-The library strings are upstream's (mova_spec.md §1.2): upstream's ``MOVA.from_pretrained`` (diffusers'
+The library strings are upstream's (docs/model.md §1.2): upstream's ``MOVA.from_pretrained`` (diffusers'
 ``DiffusionPipeline``) imports them.
 """
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from helpers.tiny import tiny_inputs
 
 from mova_train.models import mova_tiny
 from mova_train.parallel import (
@@ -148,15 +149,7 @@ def test_single_rank_context_parallel_is_identity(one_rank_group):
         cp_model.audio_dit.blocks[0].cross_attn.attention_core
         is model.audio_dit.blocks[0].cross_attn.attention_core
     )
-    g = torch.Generator().manual_seed(0)
-    x = dict(
-        latents=torch.randn(1, 4, 2, 4, 6, generator=g),
-        y=torch.randn(1, 8, 2, 4, 6, generator=g),
-        audio_latents=torch.randn(1, 8, 5, generator=g),
-        context=torch.randn(1, 3, 32, generator=g),
-        timestep=torch.tensor([700.0]),
-        audio_timestep=torch.tensor([300.0]),
-    )
+    x = tiny_inputs(width=6, audio_len=5, text_len=3, timestep=700.0, audio_timestep=300.0)
     outs = []
     for m in (model, cp_model):
         v, a = m(**x)

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import tiny_args
 
 from mova_train.models import mova_tiny
 from mova_train.strategies.offload import BlockStreamer
 
-
-def _inputs(batch: int = 2, seed: int = 0) -> tuple:
-    g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(batch, 4, 2, 4, 4, generator=g)
-    y = torch.randn(batch, 8, 2, 4, 4, generator=g)
-    audio = torch.randn(batch, 8, 8, generator=g)
-    context = torch.randn(batch, 8, 32, generator=g)
-    t = torch.tensor([300.0, 700.0][:batch])
-    return latents, y, audio, context, t, t
+# two samples with their own times (the offloaded blocks see both), 8 audio frames, 8 text rows
+INPUTS = tiny_args(batch=2, audio_len=8, text_len=8, timestep=(300.0, 700.0))
 
 
 def _model(trainable: bool = True) -> torch.nn.Module:
@@ -44,15 +38,15 @@ def test_forward_matches_and_every_unit_is_streamed() -> None:
             assert p.numel() == 0 and not p.requires_grad
     assert all(p.numel() > 0 for p in model.parameters() if p.requires_grad)
     with torch.no_grad():
-        out = model(*_inputs())
-        expected = ref(*_inputs())
+        out = model(*INPUTS)
+        expected = ref(*INPUTS)
     for a, b in zip(out, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert streamer.stats.transfers == n
     assert set(streamer.stats.per_unit.values()) == {1}
     # second pass: the learnt order makes every unit but the first a prefetch hit
     with torch.no_grad():
-        model(*_inputs())
+        model(*INPUTS)
     assert streamer.stats.transfers >= 2 * n
     assert streamer.stats.prefetch_hits >= n - 1
 
@@ -65,7 +59,7 @@ def test_backward_with_checkpointing_restreams_and_matches() -> None:
     n = len(streamer.units)
     losses = []
     for m in (ref, model):
-        v, a = m(*_inputs())
+        v, a = m(*INPUTS)
         loss = v.square().mean() + a.square().mean()
         loss.backward()
         losses.append(loss.detach())
@@ -83,8 +77,8 @@ def test_8bit_storage_is_close_but_lossy(storage: str) -> None:
     ref, model = _model(), _model()
     streamer = BlockStreamer(model, "cpu", storage=storage)
     with torch.no_grad():
-        v, _ = model(*_inputs())
-        v_ref, _ = ref(*_inputs())
+        v, _ = model(*INPUTS)
+        v_ref, _ = ref(*INPUTS)
     rel = (v - v_ref).norm() / v_ref.norm()
     assert 0 < rel < 0.05
     assert streamer.stats.bytes < sum(
