@@ -103,10 +103,13 @@ def test_split_scenes_writes_one_sample_per_scene(tmp_path):
     assert index["total"] == 2 and index["scenes"] == {"split_inputs": 1, "scene_samples": 2}
     scenes = sorted((r["scene_span"], r) for _, _, r, _ in iter_samples(tmp_path / "split"))
     frames = [r["num_frames"] for _, r in scenes]
-    assert frames == [36, 30] or abs(frames[0] - 36) <= 1, frames
+    assert frames == [36, 30], frames
     for span, r in scenes:
         assert r["scene_of"] == key and r["cuts"] == [] and r["has_audio"] and r["caption"] == "two scenes"
-        assert abs(r["duration"] - (span[1] - span[0])) < 1.5 / 24
+        assert (
+            abs(r["duration"] - (span[1] - span[0])) < 1e-3
+            and abs(r["audio_duration"] - r["duration"]) < 0.01
+        )
     batches = _val_batches(tmp_path / "split")  # both scenes decode through the real stream
     assert len(batches) == 2 and all(b["audio"].abs().max() > 0.1 for b in batches)
 
@@ -132,3 +135,20 @@ def test_av_offset_is_flagged_or_skipped_and_counted(tmp_path):
 def test_skip_av_offset_without_a_limit_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         build_shards_cli([str(tmp_path), str(tmp_path / "out"), "--skip-av-offset"])
+
+
+def test_split_scenes_cuts_a_separate_sound_file_with_its_offset(tmp_path):
+    """Scenes of a clip whose sound is a wav starting 0.25 s late: the first scene's sound opens with silence."""
+    concat_two_scenes(tmp_path / "two.mp4")
+    ffmpeg("-i", str(tmp_path / "two.mp4"), "-map", "0:v", "-c", "copy", str(tmp_path / "video.mp4"))
+    ffmpeg("-i", str(tmp_path / "two.mp4"), "-map", "0:a", "-c:a", "pcm_s16le", str(tmp_path / "sound.wav"))
+    entry = {"video_path": "video.mp4", "audio_path": "sound.wav", "audio_offset": 0.25, "caption": "late"}
+    (tmp_path / "m.jsonl").write_text(json.dumps(entry))
+    index = build_shards(tmp_path / "m.jsonl", tmp_path / "split", split_scenes=True)
+    assert index["scenes"] == {"split_inputs": 1, "scene_samples": 2} and index["total"] == 2
+    records = sorted((r["scene_span"], key, r) for _, key, r, _ in iter_samples(tmp_path / "split"))
+    assert all(not r["separate_audio"] and r["audio_offset"] == 0.0 for _, _, r in records)  # muxed in
+    batches = {b["key"][0]: b for b in _val_batches(tmp_path / "split")}
+    wave = batches[records[0][1]]["audio"][0, 0]  # the first scene's first 9 frames (0.375 s)
+    quiet, loud = wave[: int(0.2 * 48000)].abs().max(), wave[int(0.3 * 48000) :].abs().max()
+    assert quiet < 0.01 < 0.1 < loud, (float(quiet), float(loud))  # lavfi's sine is 1/8 of full scale
