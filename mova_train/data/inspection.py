@@ -55,6 +55,7 @@ def summarize(folder: str | Path) -> dict[str, Any]:
     channels: Counter[str] = Counter()
     with_audio = 0
     vfr = 0
+    separate = with_cuts = from_scenes = 0
     for shard_name, _, record, _ in tqdm(iter_samples(folder), desc="read", unit="sample"):
         per_shard[shard_name] += 1
         durations.append(float(record["duration"]))
@@ -65,6 +66,9 @@ def summarize(folder: str | Path) -> dict[str, Any]:
             sample_rates[str(record["sample_rate"])] += 1
             channels[str(record["num_channels"])] += 1
         vfr += bool(record.get("variable_frame_rate"))
+        separate += bool(record.get("separate_audio"))
+        with_cuts += bool(record.get("cuts"))
+        from_scenes += record.get("scene_of") is not None
     mismatched = [s["name"] for s in index["shards"] if per_shard[s["name"]] != s["count"]]
     if mismatched:
         logger.warning("shards whose sample count differs from index.json: %s", mismatched)
@@ -85,6 +89,9 @@ def summarize(folder: str | Path) -> dict[str, Any]:
         "sample_rates": dict(sample_rates.most_common()),
         "channels": dict(channels.most_common()),
         "variable_frame_rate": vfr,
+        "separate_audio": separate,
+        "with_scene_cuts": with_cuts,
+        "scene_samples": from_scenes,
         "skipped": {reason: len(items) for reason, items in index.get("skipped", {}).items()},
         "flags": {flag: len(items) for flag, items in index.get("flags", {}).items()},
         "count_mismatch": mismatched,

@@ -11,7 +11,7 @@ from helpers.av_media import concat_two_scenes, ffmpeg, flash_clip
 
 from data_tools.build_shards import main as build_shards_cli
 from mova_train.data import schema
-from mova_train.data.inspection import iter_samples
+from mova_train.data.inspection import iter_samples, summarize
 from mova_train.data.pipeline import StreamConfig, ValStream, resolve_shards
 from mova_train.data.shard_builder import build_shards
 from mova_train.data.synthetic import make_clip
@@ -50,6 +50,7 @@ def test_clip_plus_wav_trains_exactly_like_the_muxed_file(pair, tmp_path):
     records = {r["caption"]: r for _, _, r, _ in iter_samples(tmp_path / "shards")}
     assert records["pair"]["separate_audio"] and not records["muxed"]["separate_audio"]
     assert records["pair"]["sample_rate"] == 48000 and records["pair"]["has_audio"]
+    assert summarize(tmp_path / "shards")["separate_audio"] == 1
     build_shards(pair / "late.jsonl", tmp_path / "late")
     batches = {b["caption"][0]: b for d in ("shards", "late") for b in _val_batches(tmp_path / d)}
     assert torch.equal(batches["pair"]["video"], batches["muxed"]["video"])
@@ -100,6 +101,10 @@ def test_split_scenes_writes_one_sample_per_scene(tmp_path):
     assert len(record["cuts"]) == 1 and abs(record["cuts"][0] - 1.5) <= 1 / 24 + 1e-6
     build_shards_cli([str(src), str(tmp_path / "split"), "--split-scenes"])
     index = schema.read_index(tmp_path / "split")
+    assert (
+        summarize(tmp_path / "cuts")["with_scene_cuts"] == 1
+        and summarize(tmp_path / "split")["scene_samples"] == 2
+    )
     assert index["total"] == 2 and index["scenes"] == {"split_inputs": 1, "scene_samples": 2}
     scenes = sorted((r["scene_span"], r) for _, _, r, _ in iter_samples(tmp_path / "split"))
     frames = [r["num_frames"] for _, r in scenes]
