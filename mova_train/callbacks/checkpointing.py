@@ -81,7 +81,10 @@ class MovaModelCheckpoint(ModelCheckpoint):
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if _finite(filepath):
-            others = [p for p in Path(filepath).parent.glob("*.ckpt") if str(p) != str(filepath)]
+            last = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"  # overwritten next: does not count
+            others = [
+                p for p in Path(filepath).parent.glob("*.ckpt") if str(p) != str(filepath) and p.name != last
+            ]
             if not any(_finite(p) for p in others):
                 log.warning(
                     "keeping %s: it is the newest checkpoint with finite weights (the newer ones are not)",
@@ -127,15 +130,25 @@ class SigtermCheckpoint(Callback):
             self._forwarded = True
             launcher.kill(signum)  # the processes Lightning started (torchrun forwards by itself)
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After Lightning registered its own handler (it runs a collective inside the handler under DDP).
+        if threading.current_thread() is threading.main_thread():
             self._trainer = trainer
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._previous is not None:
+    def _restore(self) -> None:
+        if self._previous is not None and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
             signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        self._previous = None
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore()
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +34,29 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mova_train", *args]
 
 
-def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    """Start a training run in a new session; its output goes to ``log``."""
+def free_port() -> int:
+    """A free TCP port on localhost (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """``torchrun --nproc_per_node NPROC -m mova_train ARGS`` (as ``python -m torch.distributed.run``)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    return [*launcher, f"--master_port={free_port()}", "-m", "mova_train", *args]
+
+
+def start(args: list[str], cwd: Path, log: Path, argv: list[str] | None = None) -> subprocess.Popen:
+    """Start a training run (``argv``, default ``python -m mova_train ARGS``) in a new session; output to ``log``."""
     fh = open(log, "ab")  # noqa: SIM115 - closed by the child's exit
     return subprocess.Popen(
-        command(*args), cwd=cwd, env=env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        argv or command(*args),
+        cwd=cwd,
+        env=env(),
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
