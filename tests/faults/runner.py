@@ -14,6 +14,13 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 900
 RECORD = "+callbacks.record._target_=helpers.record_state.RecordState"
+# Only what the fault tests compare: no logger, no LoRA export, no sampling, data in the main process.
+QUIET = [
+    "logger=none",
+    "callbacks.lora_export=null",
+    "++callbacks.validation_sampling=null",
+    "data.num_workers=0",
+]
 
 
 def env() -> dict[str, str]:

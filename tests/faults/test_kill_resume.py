@@ -24,13 +24,10 @@ pytestmark = [pytest.mark.slow]
 
 STEPS = 12
 BASE = [
-    "logger=none",
-    "callbacks.lora_export=null",
-    "++callbacks.validation_sampling=null",
+    *runner.QUIET,
     "trainer.accumulate_grad_batches=2",
     "callbacks.checkpoint.every_n_train_steps=3",
     f"trainer.max_steps={STEPS}",
-    "data.num_workers=0",
 ]
 DDP = ["strategy=ddp", "trainer.devices=2"]
 SEQUENCES = int(os.environ.get("MOVA_FAULT_SEQUENCES", "3"))

@@ -15,12 +15,7 @@ from mova_train.checkpoints.dcp import read_dcp_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-TINY = [
-    "data.synthetic.count=4",
-    "callbacks.checkpoint.every_n_train_steps=1",
-    "callbacks.lora_export=null",
-    "logger=none",
-]
+TINY = [*runner.QUIET, "data.synthetic.count=4", "callbacks.checkpoint.every_n_train_steps=1"]
 
 
 def _saved_matches(record: dict, saved: dict) -> None:

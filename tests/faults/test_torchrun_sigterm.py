@@ -19,15 +19,12 @@ from mova_train.checkpoints.manifest import read_manifest
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 ARGS = [
-    "logger=none",
-    "callbacks.lora_export=null",
-    "++callbacks.validation_sampling=null",
+    *runner.QUIET,
     "strategy=ddp",
     "trainer.devices=2",
     "trainer.accumulate_grad_batches=2",
     "callbacks.checkpoint.every_n_train_steps=2",
     "trainer.max_steps=100000",
-    "data.num_workers=0",
 ]
 
 
