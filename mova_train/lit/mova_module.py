@@ -136,6 +136,7 @@ class MovaLitModule(LightningModule):
         self.timestep_buckets = int(timestep_buckets)
         self.micro_step = 0
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self._val_sums = torch.zeros(4, dtype=torch.float64)
         self.trainable_names: list[str] = []
         self.ema_weights: _EmaWeights | None = None
         self._fingerprint: str | None = None
@@ -299,15 +300,41 @@ class MovaLitModule(LightningModule):
         return every <= 1 or (self.global_step + 1) % every == 0 or self.global_step == 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Validation loss with fixed randomness per batch index (comparable across evaluations)."""
+        """Validation loss with fixed randomness per batch index (comparable across evaluations).
+
+        The losses are summed here and reduced once over the ranks in `on_validation_epoch_end`, which every rank
+        reaches: a rank with no validation batch (a validation set smaller than ranks x workers) then contributes
+        nothing instead of leaving the others waiting in a per-metric reduction.
+        """
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_seed_for(self.seed + 1, self.global_rank, batch_idx))
         out, lat = self._step(batch, batch_idx, gen)
-        kw = dict(on_step=False, on_epoch=True, batch_size=int(lat["video_latents"].shape[0]), sync_dist=True)
-        self.log("val/loss", out.loss.detach(), prog_bar=True, **kw)
-        self.log("val/loss_video", out.loss_video.detach(), **kw)
-        self.log("val/loss_audio", out.loss_audio.detach(), **kw)
+        bsz = float(lat["video_latents"].shape[0])
+        losses = torch.stack([out.loss.detach(), out.loss_video.detach(), out.loss_audio.detach()]).double()
+        self._val_sums = self._val_sums.to(losses.device) + torch.cat(
+            [losses * bsz, losses.new_tensor([bsz])]
+        )
         return out.loss
+
+    def on_validation_epoch_start(self) -> None:
+        """Reset the validation sums (`val/loss`, `val/loss_video`, `val/loss_audio` times samples, samples)."""
+        self._val_sums = torch.zeros(4, dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the sample-weighted mean validation losses over every rank (one all-reduce, every rank joins)."""
+        sums = self._val_sums.to(self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            on_cpu = torch.distributed.get_backend() == "gloo"
+            reduced = sums.cpu() if on_cpu else sums
+            torch.distributed.all_reduce(reduced)
+            sums = reduced.to(self.device)
+        if float(sums[3]) == 0:
+            return  # no rank had a validation batch
+        means = (sums[:3] / sums[3]).float()
+        kw = dict(on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
+        self.log("val/loss", means[0], prog_bar=True, **kw)
+        self.log("val/loss_video", means[1], **kw)
+        self.log("val/loss_audio", means[2], **kw)
 
     def _log_buckets(self, out: LossOutput, bsz: int) -> None:
         n = self.timestep_buckets
