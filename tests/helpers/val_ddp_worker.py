@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from helpers.tiny import cpu_trainer
 from helpers.tiny_latents import make_batch, tiny_module
 from mova_train.models.lora import LoraSpec
 
@@ -44,17 +45,13 @@ class _Data(pl.LightningDataModule):
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     module = tiny_module(lora=LoraSpec(rank=4, alpha=4, preset="attn"))
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         devices=2,
         strategy="ddp_find_unused_parameters_true",  # the tiny LoRA leaves some layers unused
         max_steps=2,
         val_check_interval=1,
         num_sanity_val_steps=0,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=_Data())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny import cpu_trainer
 from helpers.tiny_latents import make_batch, tiny_module
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -32,12 +33,9 @@ class _Batches(LightningDataModule):
 
 
 def _fit(mod, dm, tmp_path, steps: int) -> Trainer:
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_steps=steps,
         max_epochs=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         logger=CSVLogger(tmp_path, name="csv"),
         log_every_n_steps=1,
         enable_checkpointing=False,
