@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +23,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mova_train.checkpoints.manifest import CheckpointError, manifest_path, verify_manifest, write_manifest
+from mova_train.models.files import unique_tmp
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ SAFE_GLOBALS: list[Any] = [Path, type(Path())]
 
 def temporary_name(path: Path) -> Path:
     """A temporary sibling of ``path`` no other process or save uses: ``.<name>.tmp-<pid>-<random>``."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return unique_tmp(path)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -31,6 +31,7 @@ from mova_train.codecs.video_vae import WanVideoVAE
 from mova_train.models.audio_tower import AudioDiT
 from mova_train.models.bridge import DualTowerBridge
 from mova_train.models.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
+from mova_train.models.files import unique_tmp
 from mova_train.models.mova import EXPERTS, MovaDualTower
 from mova_train.models.video_tower import VideoDiT
 
@@ -363,7 +364,7 @@ def save_component(
         weight_map.update({key: fname for key in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    tmp_index = folder / f"{INDEX_NAME}.tmp"
+    tmp_index = unique_tmp(folder / INDEX_NAME)
     tmp_index.write_text(json.dumps(index, indent=2) + "\n")
     os.replace(tmp_index, folder / INDEX_NAME)
     _remove_stale(previous, keep={folder / f for f in weight_map.values()} | {folder / INDEX_NAME})
@@ -378,7 +379,7 @@ def _remove_stale(paths: set[Path], keep: set[Path]) -> None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = unique_tmp(path)
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
 
@@ -419,7 +420,7 @@ def write_model_index(root: str | Path, names: Iterable[str]) -> Path:
             index.setdefault(name, list(entry))
     for name in names:
         index[name] = list(RELEASE_LIBRARIES[name])
-    tmp = index_path.with_name(index_path.name + ".tmp")
+    tmp = unique_tmp(index_path)
     tmp.write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, index_path)
     return index_path

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from mova_train.models.files import unique_tmp
 from mova_train.models.lora import (
     COMPONENTS,
     EXPERTS,
@@ -310,7 +311,7 @@ def save_lora(
         spec: the run's spec.
         base_fingerprint: identity of the base (used when ``meta`` is None).
         meta: full metadata (default: :func:`build_meta` of the tensors and spec).
-        atomic: write to ``<path>.tmp`` and rename.
+        atomic: write to a temporary file unique to this save and rename.
     """
     from safetensors.torch import save_file
 
@@ -322,7 +323,7 @@ def save_lora(
         meta = build_meta(tensors, spec, base_fingerprint)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp") if atomic else path
+    tmp = unique_tmp(path) if atomic else path
     save_file(tensors, str(tmp), metadata=meta.to_metadata())
     if atomic:
         tmp.replace(path)

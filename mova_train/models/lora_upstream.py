@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mova_train.models.files import unique_tmp
 from mova_train.models.lora import COMPONENTS, LoraError
 from mova_train.models.lora_file import LoraExportData, LoraWeights, module_of
 
@@ -208,7 +209,7 @@ def export_upstream(
     config = {"rank": int(rank), "alpha": float(alpha), "target_modules": components}
     out.mkdir(parents=True, exist_ok=True)
     for name, obj in (("lora_weights.pt", weights), ("lora_config.pt", config)):
-        tmp = out / (name + ".tmp")
+        tmp = unique_tmp(out / name)
         torch.save(obj, tmp)
         tmp.replace(out / name)
     return out

@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 
 from mova_train.models.checkpoint import RELEASE_LIBRARIES, CheckpointError
+from mova_train.models.files import unique_tmp
 from mova_train.models.lora_file import LoraExportData
 from mova_train.models.lora_formats import split_modules
 
@@ -312,7 +313,7 @@ def export_merged(
             _link_or_copy(src, dst, copy)
             continue
         comp = src.relative_to(base).parts[0]
-        tmp = dst.with_name(dst.name + ".tmp")
+        tmp = unique_tmp(dst)
         shutil.copyfile(src, tmp)
         with safe_open(str(src), framework="pt") as f:
             for key in plan[src]:
