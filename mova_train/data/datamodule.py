@@ -222,13 +222,13 @@ class MovaDataModule(LightningDataModule):
             self._val = ValStream(val_cfg, self.rank, self.world_size)
 
     def stream_layout(self) -> dict[str, Any]:
-        """What the training batches are made of besides seeds and positions (checked on resume): the buckets
-        with their batch sizes and the source shares (None when not used). Call after `setup`."""
+        """What the training batches are made of besides seeds and positions (checked on resume): the bucket plan
+        (buckets with their token-budget batch sizes) and the source shares, None when not used (so checkpoints
+        from before either existed still resume). Call after `setup`."""
         cfg = self._train.cfg if self._train is not None else None
         buckets = None
-        if cfg is not None and (cfg.bucket_batch or cfg.buckets):
-            sizes = cfg.batch_sizes()
-            buckets = [[*b, sizes if isinstance(sizes, int) else sizes[b]] for b in cfg.bucket_list()]
+        if cfg is not None and cfg.bucket_batch:
+            buckets = [[*b, cfg.bucket_batch[b]] for b in cfg.bucket_list()]
         weights = list(cfg.source_weights) if cfg is not None and cfg.source_weights else None
         return {"buckets": buckets, "source_weights": weights}
 
