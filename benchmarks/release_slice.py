@@ -51,9 +51,11 @@ def build_slice(
     """One-expert dual tower of ``cfg`` with LoRA ``lora_rank`` (``0``: none) injected and set trainable."""
     model = build_dual_tower(cfg, experts=("video_dit",), device=device, dtype=dtype, seed=seed)
     spec = LoraSpec(rank=lora_rank, alpha=lora_rank, preset=lora_preset) if lora_rank else None
-    if spec is not None:
+    if spec is not None:  # rank 0: a frozen model (sampling)
         inject_lora(model, spec)
-    set_trainable(model, spec, ())
+        set_trainable(model, spec, ())
+    else:
+        model.requires_grad_(False)
     return model
 
 
