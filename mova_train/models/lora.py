@@ -177,6 +177,8 @@ class LoraSpec:
             second run of a two-expert workflow warm-starts the shared audio/bridge adapters of the first).
         freeze_groups: LoRA groups that do not train (``video``, ``audio``, ``bridge_a2v``, ``bridge_v2a``,
             ``bridge``, ``shared``); with ``init_from`` they keep the loaded values.
+        init_from_other_base: warm-start from ``init_from`` even when its ``base_fingerprints`` differ from this
+            run's base (refused by default: an adapter trained on another base does not fit this one).
     """
 
     rank: int = 16
@@ -186,6 +188,7 @@ class LoraSpec:
     preset: str | None = "upstream"
     init_from: str | None = None
     freeze_groups: Sequence[str] = ()
+    init_from_other_base: bool = False
     _from_preset: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:

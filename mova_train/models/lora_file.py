@@ -391,7 +391,11 @@ def read_lora_metadata(path: str | Path) -> tuple[LoraSpec, dict[str, str]]:
 
 
 def check_base(
-    weights: LoraWeights, fingerprints: Mapping[str, str], allow_other_base: bool, what: str = "LoRA"
+    weights: LoraWeights,
+    fingerprints: Mapping[str, str],
+    allow_other_base: bool,
+    what: str = "LoRA",
+    override: str = "pass allow_other_base: true (predict: lora.adapters=[{path: ..., allow_other_base: true}])",
 ) -> None:
     """Refuse a LoRA trained on another base (per-component fingerprints that disagree).
 
@@ -415,7 +419,7 @@ def check_base(
         return
     raise LoraError(
         f"{what} {weights.source} was trained on another base model ({detail}); use the base it was trained on, "
-        f"or pass allow_other_base: true (predict: lora.adapters=[{{path: ..., allow_other_base: true}}])"
+        f"or {override}"
     )
 
 
@@ -435,7 +439,13 @@ def warm_start_lora(
     """
     assert spec.init_from is not None
     weights = read_lora(spec.init_from)
-    check_base(weights, fingerprints or {}, allow_other_base=False, what="lora.init_from")
+    check_base(
+        weights,
+        fingerprints or {},
+        allow_other_base=spec.init_from_other_base,
+        what="lora.init_from",
+        override="set lora.init_from_other_base=true",
+    )
     if weights.meta is not None and weights.meta.alpha / weights.meta.rank != spec.scaling:
         raise LoraError(
             f"lora.init_from={spec.init_from}: trained at alpha {weights.meta.alpha} / rank {weights.meta.rank}, "
