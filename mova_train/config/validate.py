@@ -3,6 +3,8 @@
 Hydra's structured schemas (`mova_train.config.schema`) already refuse misspelled keys in the top level, `data`
 and `trainer`, and values of the wrong type. What they cannot see is checked here:
 
+- a plain settings node of the primary config file (`sample`, `sampling`, `predict`, ...) may only hold the keys
+  that file gives it;
 - every node with a `_target_` (model, lora, strategy, optimizer, lr_scheduler, objective, module, callbacks,
   loggers, plugins, and nested ones) may only hold keys its target accepts: a typo in a YAML file of such a group
   (`optimizer: {lrr: 1e-4}`) is merged silently by Hydra and would fail, or be ignored, only much later;
@@ -25,14 +27,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ConfigError", "check_ranges", "check_shards", "check_target_keys", "validate_config"]
+__all__ = [
+    "ConfigError",
+    "check_ranges",
+    "check_settings_nodes",
+    "check_shards",
+    "check_target_keys",
+    "validate_config",
+]
 
 # keys Hydra's `instantiate` reads itself (never passed to the target)
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
-# the after-fit sample's settings (top-level `sample` of conf/train.yaml, when present)
-SAMPLE_KEYS = frozenset(
-    {"prompt", "negative_prompt", "num_steps", "cfg_scale", "num_frames", "height", "width", "fps", "seed"}
-)
+# the primary config file of each entry point (its plain settings nodes are the schema of those nodes)
+PRIMARY = {"fit": "train.yaml", "predict": "predict.yaml"}
 
 
 class ConfigError(ValueError):
@@ -52,13 +59,7 @@ def validate_config(cfg: DictConfig, entry: str = "fit") -> None:
     container = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(container, dict)
     check_target_keys(container)
-    sample = container.get("sample")
-    if entry == "fit" and isinstance(sample, Mapping):
-        unknown = sorted(set(sample) - SAMPLE_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"sample.{unknown[0]} is not a setting of the after-fit sample; use {sorted(SAMPLE_KEYS)}"
-            )
+    check_settings_nodes(container, entry)
     if entry == "fit":
         check_ranges(cfg)
         if not cfg.get("show"):  # `show=true` reads no data
@@ -157,6 +158,41 @@ def check_target_keys(container: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"{where}={node[unknown[0]]!r}: {name} has no argument {unknown[0]!r} (a typo in a YAML file or "
                 f"recipe?); its arguments are {sorted(accepted)}"
+            )
+
+
+def check_settings_nodes(container: Mapping[str, Any], entry: str) -> None:
+    """Refuse a key in a plain settings node that the entry point's primary config file does not define.
+
+    A settings node is a top-level mapping of the primary file (`conf/train.yaml`, `conf/predict.yaml`) with no
+    `_target_` whose values are all plain values (e.g. `sample`, `sampling`, `predict`, predict's `lora`): Hydra
+    refuses a new key there from the command line, but a recipe's YAML merges it silently.
+
+    Raises:
+        ConfigError: naming the key and the keys the node has.
+    """
+    from mova_train.config import conf_dir
+
+    path = Path(conf_dir()) / PRIMARY.get(entry, "")
+    if not path.is_file():
+        return
+    primary = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    assert isinstance(primary, dict)
+    for name, node in primary.items():
+        if (
+            not isinstance(node, dict)
+            or "_target_" in node
+            or any(isinstance(v, dict) for v in node.values())
+        ):
+            continue
+        value = container.get(name)
+        if not isinstance(value, Mapping):
+            continue
+        unknown = sorted(set(value) - set(node))
+        if unknown:
+            raise ConfigError(
+                f"{name}.{unknown[0]}={value[unknown[0]]!r} is not a key of `{name}` (a typo in a recipe?); "
+                f"its keys are {sorted(node)} ({path.name})"
             )
 
 

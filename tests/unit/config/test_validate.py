@@ -101,9 +101,11 @@ def test_a_yaml_typo_in_a_target_group_is_refused(tmp_path: Path, group: str, no
 def test_a_typo_in_the_sample_node_and_a_bad_target_are_refused(tmp_path: Path) -> None:
     cfg = _compose(tmp_path, [])
     with open_dict(cfg):
-        cfg.sample = {"num_step": 8}
-    with pytest.raises(ConfigError, match="sample.num_step"):
-        validate_config(cfg, "fit")
+        if "sample" in cfg:
+            cfg.sample.num_step = 8
+    if "sample" in cfg:  # the after-fit sample's settings, when conf/train.yaml has them
+        with pytest.raises(ConfigError, match="sample.num_step=8 is not a key of `sample`"):
+            validate_config(cfg, "fit")
     cfg = _compose(tmp_path, [])
     with open_dict(cfg):
         cfg.optimizer._target_ = "torch.optim.AdamWW"
@@ -116,12 +118,14 @@ def test_every_recipe_passes_the_key_check(tmp_path: Path) -> None:
     so only the key check runs)."""
     from omegaconf import OmegaConf
 
-    from mova_train.config.validate import check_target_keys
+    from mova_train.config.validate import check_settings_nodes, check_target_keys
 
     for path in sorted((Path(CONF_DIR) / "recipe").glob("*.yaml")):
         name = "predict" if path.stem.startswith("predict_") else "train"
         cfg = _compose(tmp_path, [f"+recipe={path.stem}"], name=name)
-        check_target_keys(OmegaConf.to_container(cfg, resolve=False))  # type: ignore[arg-type]
+        container = OmegaConf.to_container(cfg, resolve=False)
+        check_target_keys(container)  # type: ignore[arg-type]
+        check_settings_nodes(container, "predict" if name == "predict" else "fit")  # type: ignore[arg-type]
 
 
 def test_predict_config_typo_in_a_target_node_is_refused(tmp_path: Path) -> None:
@@ -129,4 +133,14 @@ def test_predict_config_typo_in_a_target_node_is_refused(tmp_path: Path) -> None
     with open_dict(cfg):
         cfg.model.encoders.sed = 3
     with pytest.raises(ConfigError, match="model.encoders.sed=3"):
+        validate_config(cfg, "predict")
+
+
+@pytest.mark.parametrize("node", ["sampling", "predict", "lora"])
+def test_predict_settings_typo_from_a_recipe_is_refused(tmp_path: Path, node: str) -> None:
+    """`predict: {batch_cfgg: false}` in a recipe YAML is merged by Hydra without a word; refused here."""
+    cfg = _compose(tmp_path, ["+recipe=predict_tiny_cpu"], name="predict")
+    with open_dict(cfg):
+        cfg[node].stpes = 4
+    with pytest.raises(ConfigError, match=rf"{node}.stpes=4 is not a key of `{node}`"):
         validate_config(cfg, "predict")
