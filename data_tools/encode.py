@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from mova_train.data.cache_writer import (
     module_hashes,
 )
 from mova_train.data.windows import parse_policy
+from mova_train.utils.dist import local_rank as dist_local_rank
+from mova_train.utils.dist import rank_world
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -43,7 +44,7 @@ def _resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda but no CUDA device is visible; use --device cpu or auto")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+    local_rank = dist_local_rank() % torch.cuda.device_count()
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
@@ -92,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1, help="clips per encoder call")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPU")
-    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
-    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    rank, world = rank_world()
+    parser.add_argument("--rank", type=int, default=rank)
+    parser.add_argument("--world-size", type=int, default=world)
     parser.add_argument(
         "--resume", action="store_true", help="keep finished cache shards with the same settings"
     )

@@ -26,6 +26,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from mova_train.callbacks.ema import ema_swapped
 from mova_train.models.checkpoint import save_component
 from mova_train.models.lora import EXPERTS, lora_state_dict, trainable_state_dict
 from mova_train.models.lora_file import LoraExportData, build_meta, save_lora
@@ -107,7 +108,7 @@ class LoraExport(Callback):
             log.warning("LoraExport: the module trains neither LoRA nor full components; nothing exported")
             return None
         model = pl_module.model
-        swap = pl_module.ema_swapped() if self.use_ema else contextlib.nullcontext()
+        swap = ema_swapped(pl_module) if self.use_ema else contextlib.nullcontext()
         with swap:  # collectives: every rank gathers the same tensors in the same order
             tensors = lora_state_dict(model) if spec is not None else {}
             components = {c: trainable_state_dict(model, c) for c in full}

@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from mova_train.callbacks.ema import ema_swapped
 from mova_train.callbacks.sample_writer import write_sample
 from mova_train.callbacks.validation_media import NEEDS, ClipMedia, request_in_mode, write_clip_media
 from mova_train.data.av_sync import sample_offset_metrics
@@ -50,12 +51,13 @@ class ValidationSampling(Callback):
 
     Args:
         requests: A requests file, or a list of request mappings (each at least ``{"prompt": ...}``).
-        every_n_steps: Sampling period in optimizer steps (global_step).
+        every_n_steps: Sampling period in optimizer steps (global_step); 0: only at the end of training.
         sampling: Defaults of the request fields (CPU-friendly values are the caller's job).
         output_dir: Where the samples go (default: ``<trainer.default_root_dir>/samples``).
         encoders: A `MovaEncoders` with ``video_vae``, ``audio_vae`` and ``text_encoder``; default: the module's
             ``encoders`` (raw-mode training). Required with cached training.
         scheduler: Flow-matching scheduler (default: the release config).
+        boundary_timestep: Expert switch of the two-expert sampler (None: the generator's, 900).
         split_by_rank: Each rank samples its share (else rank 0 samples all).
         at_train_end: Also sample after the last step.
         batch_cfg: Positive and negative prompts in one forward.
@@ -75,6 +77,7 @@ class ValidationSampling(Callback):
         output_dir: str | Path | None = None,
         encoders: Any = None,
         scheduler: FlowMatchScheduler | None = None,
+        boundary_timestep: float | None = None,
         split_by_rank: bool = False,
         at_train_end: bool = False,
         batch_cfg: bool = True,
@@ -88,8 +91,10 @@ class ValidationSampling(Callback):
             raise ValueError(
                 f"ValidationSampling.modes must be 'trained', a list of modes or null, got {modes!r}"
             )
-        if every_n_steps < 1:
-            raise ValueError(f"ValidationSampling.every_n_steps must be >= 1, got {every_n_steps}")
+        if every_n_steps < 0 or (every_n_steps == 0 and not at_train_end):
+            raise ValueError(
+                f"ValidationSampling.every_n_steps must be >= 1 (or 0 with at_train_end=true), got {every_n_steps}"
+            )
         settings = (
             sampling if isinstance(sampling, SamplingSettings) else SamplingSettings.from_dict(sampling)
         )
@@ -107,6 +112,7 @@ class ValidationSampling(Callback):
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.encoders = encoders
         self.scheduler = scheduler if scheduler is not None else FlowMatchScheduler()
+        self.boundary_timestep = boundary_timestep
         self.split_by_rank = split_by_rank
         self.at_train_end = at_train_end
         self.batch_cfg = batch_cfg
@@ -182,7 +188,8 @@ class ValidationSampling(Callback):
     ) -> None:
         """Sample when ``global_step`` reaches a multiple of ``every_n_steps`` (once per step)."""
         step = trainer.global_step
-        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+        every = self.every_n_steps
+        if every and step > 0 and step % every == 0 and step != self._last_step:
             self._last_step = step
             self.run(trainer, pl_module)
 
@@ -205,19 +212,28 @@ class ValidationSampling(Callback):
         was_training = model.training
         model.eval()
         leakage: dict[str, float] = {}
-        try:
-            kw = dict(batch_cfg=self.batch_cfg, first_frame_mode=self.first_frame_mode)
-            generator = MovaGenerator(
-                model, self.scheduler, enc.video_vae, enc.audio_vae, enc.text_encoder, **kw
-            )
-            samples = generator.generate(reqs, device=pl_module.device)
-            if self.leakage_check:
-                latents = MovaGenerator(
-                    model, self.scheduler, enc.video_vae, enc.audio_vae, enc.text_encoder, decode=False, **kw
+        with ema_swapped(pl_module):  # the EMA weights when the run keeps them (callbacks.ema)
+            try:
+                kw: dict[str, Any] = dict(batch_cfg=self.batch_cfg, first_frame_mode=self.first_frame_mode)
+                if self.boundary_timestep is not None:
+                    kw["boundary_timestep"] = float(self.boundary_timestep)
+                generator = MovaGenerator(
+                    model, self.scheduler, enc.video_vae, enc.audio_vae, enc.text_encoder, **kw
                 )
-                leakage = _leakage(model, latents, reqs, samples, pl_module.device)
-        finally:
-            model.train(was_training)
+                samples = generator.generate(reqs, device=pl_module.device)
+                if self.leakage_check:
+                    latents = MovaGenerator(
+                        model,
+                        self.scheduler,
+                        enc.video_vae,
+                        enc.audio_vae,
+                        enc.text_encoder,
+                        decode=False,
+                        **kw,
+                    )
+                    leakage = _leakage(model, latents, reqs, samples, pl_module.device)
+            finally:
+                model.train(was_training)
         step = trainer.global_step
         if _sharded(trainer) and not trainer.is_global_zero:
             return samples

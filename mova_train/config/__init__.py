@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from mova_train.config.schema import (
     DataConfig,
@@ -20,6 +20,7 @@ __all__ = [
     "conf_dir",
     "expert_mode_of",
     "experts_of",
+    "negative_prompt",
     "register_configs",
     "register_resolvers",
     "torch_dtype",
@@ -88,10 +89,21 @@ def expert_mode_of(expert: str | None, mode: str) -> str:
     return mode if expert is None else "single"
 
 
+def negative_prompt() -> str:
+    """Upstream's default negative prompt (resolver `${mova.negative_prompt:}`; defined once, in
+    `mova_train.sampling.requests.WAN_NEGATIVE_PROMPT`)."""
+    from mova_train.sampling.requests import WAN_NEGATIVE_PROMPT
+
+    return WAN_NEGATIVE_PROMPT
+
+
 def register_resolvers() -> None:
     """Register the `mova.*` OmegaConf resolvers the configs use (idempotent; done on import)."""
-    OmegaConf.register_new_resolver("mova.experts", experts_of, replace=True)
+    # a ListConfig, not a list: `OmegaConf.resolve` (Hydra's instantiate) can then resolve a node that reaches the
+    # model through an interpolation (`module.denoiser: ${model.denoiser}` in conf/predict.yaml)
+    OmegaConf.register_new_resolver("mova.experts", lambda e: ListConfig(experts_of(e)), replace=True)
     OmegaConf.register_new_resolver("mova.expert_mode", expert_mode_of, replace=True)
+    OmegaConf.register_new_resolver("mova.negative_prompt", negative_prompt, replace=True)
 
 
 register_configs()

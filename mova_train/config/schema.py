@@ -55,7 +55,7 @@ class TrainerConfig:
     """
 
     _target_: str = "lightning.pytorch.Trainer"
-    accelerator: str = "auto"
+    accelerator: Any = "auto"  # a name, or a `_target_` node (the NPU accelerator)
     devices: Any = "auto"
     num_nodes: int = 1
     precision: Any = "32-true"
@@ -114,7 +114,6 @@ class TrainConfig:
             (the model's experts, the objective's routing and the LoRA targets follow it).
         ckpt_path: Resume from this Lightning checkpoint; `last` resumes from the run's newest checkpoint.
         show: Build the model on the meta device, log parameter counts and a memory estimate, and exit.
-        sample_after_fit: Sample one clip to mp4 after training (needs the sampler pieces, see `train.py`).
         monitor: The metric `train()` returns (what a Hydra sweeper optimizes), e.g. `train/loss` or `val/loss`.
         float32_matmul_precision: `torch.set_float32_matmul_precision` (`highest`, `high`, `medium`).
         model: `denoiser` (and `meta_denoiser`, `encoders`) configs, from `conf/model/`.
@@ -130,7 +129,6 @@ class TrainConfig:
         callbacks: Mapping name -> callback config, from `conf/callbacks/`.
         plugins: Mapping name -> Trainer plugin config (e.g. checkpoint IO).
         paths: Data, checkpoint and output locations, from `conf/paths/`.
-        sample: Settings of the after-fit sample (prompt, steps, guidance).
         hardware: The device `show=true` estimates for (schema `HardwareConfig`).
     """
 
@@ -140,7 +138,6 @@ class TrainConfig:
     expert: str | None = None
     ckpt_path: str | None = None
     show: bool = False
-    sample_after_fit: bool = False
     monitor: str = "train/loss"
     float32_matmul_precision: str | None = None
     model: Any = MISSING
@@ -156,7 +153,6 @@ class TrainConfig:
     callbacks: Any = None
     plugins: Any = None
     paths: Any = MISSING
-    sample: Any = None
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from mova_train.data.options import DataConfigError, DataOptions
 from mova_train.data.pipeline import STREAM_KEY, StreamConfig, TrainStream, ValStream, resolve_shards
 from mova_train.data.sources import check_sources, resolve_sources
 from mova_train.data.synthetic import SyntheticSpec, prepare_synthetic
+from mova_train.utils.dist import rank_world
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +112,6 @@ class TrackedLoader(DataLoader):
             yield batch
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 class MovaDataModule(LightningDataModule):
     """Raw (decode clips) or cached (read latents) webdataset shards for MOVA training.
 
@@ -187,7 +181,7 @@ class MovaDataModule(LightningDataModule):
             self.rank = int(kwargs.get("rank", self.trainer.global_rank))
             self.world_size = int(kwargs.get("num_replicas", self.trainer.world_size))
         else:
-            self.rank, self.world_size = _rank_world()
+            self.rank, self.world_size = rank_world()
         options = self.options.options()
         mix: dict[str, Any] = {}
         if self.sources is not None:

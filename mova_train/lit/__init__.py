@@ -1,6 +1,6 @@
 """Lightning glue: the training module and optimizer/scheduler factories."""
 
 from mova_train.lit.mova_module import MovaLitModule
-from mova_train.lit.optim import adamw8bit, build_param_groups, warmup_cosine, warmup_stable_decay
+from mova_train.lit.optim import build_param_groups, warmup_cosine, warmup_stable_decay
 
-__all__ = ["MovaLitModule", "adamw8bit", "build_param_groups", "warmup_cosine", "warmup_stable_decay"]
+__all__ = ["MovaLitModule", "build_param_groups", "warmup_cosine", "warmup_stable_decay"]

@@ -5,24 +5,23 @@ Randomness: every (micro-)step draws timesteps, noise and caption dropout from a
 so a resumed run draws exactly what the uninterrupted run would have drawn, on every rank.
 
 Checkpoints hold only what changes: the trainable parameters (LoRA and/or fully fine-tuned components), the
-EMA copy, the counter, plus what Lightning adds (optimizer, scheduler, loops, datamodule state). The frozen
-base is rebuilt from its own source and never written (``strict_loading = False``; every trainable key is
+EMA copy (the ``ema`` callback's ``ema_weights.*`` buffers), the counter, plus what Lightning adds (optimizer,
+scheduler, loops, datamodule state). The frozen base is rebuilt from its own source and never written (``strict_loading = False``; every trainable key is
 checked on load).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
 
+from mova_train.callbacks.ema import EMA_PREFIX
 from mova_train.codecs.encoders import MovaEncoders, latents_from_cached
 from mova_train.lit.nonfinite import NonFiniteGuard, nonfinite_names
 from mova_train.lit.optim import build_param_groups
@@ -43,29 +42,10 @@ log = logging.getLogger(__name__)
 __all__ = ["MovaLitModule"]
 
 CKPT_KEY = "mova_train"
-EMA_PREFIX = "ema_weights."
 
 
 def _seed_for(seed: int, rank: int, counter: int) -> int:
     return (seed * 0x9E3779B1 + rank * 0x85EBCA77 + counter) % (2**63 - 1)
-
-
-class _EmaWeights(nn.Module):
-    """Float32 EMA copies of the trainable parameters, as buffers (so they follow the device and the
-    state dict). Buffer names are the parameter names with ``.`` replaced by ``__``."""
-
-    def __init__(self, params: dict[str, nn.Parameter]) -> None:
-        super().__init__()
-        for name, p in params.items():
-            self.register_buffer(name.replace(".", "__"), p.detach().float().clone())
-
-    @torch.no_grad()
-    def update(self, params: dict[str, nn.Parameter], decay: float) -> None:
-        for name, p in params.items():
-            getattr(self, name.replace(".", "__")).lerp_(p.detach().float(), 1.0 - decay)
-
-    def get(self, name: str) -> torch.Tensor:
-        return getattr(self, name.replace(".", "__"))
 
 
 class MovaLitModule(LightningModule):
@@ -80,10 +60,7 @@ class MovaLitModule(LightningModule):
         full_finetune: components whose base weights train.
         param_groups: component -> group options (``lr_scale``, ``weight_decay``, ...).
         encoders: frozen codecs for raw batches (None: batches carry latents).
-        ema_decay: keep an EMA of the trainable weights with this decay (None: off).
         gradient_checkpointing: recompute DiT blocks and bridge layers in the backward pass.
-        activation_offload: keep the tensors autograd saves (with checkpointing: the block inputs) in host
-            memory during training (``torch.autograd.graph.save_on_cpu``); trades PCIe traffic for device memory.
         compile: ``"none"`` (eager) or ``"blocks"``: regional ``torch.compile`` of every DiT block and bridge
             conditioner, static shapes (:func:`~mova_train.models.compile.compile_blocks`), after LoRA injection.
         video_fps: pixel frame rate of the training clips (bridge time alignment).
@@ -103,9 +80,7 @@ class MovaLitModule(LightningModule):
         full_finetune: Sequence[str] = (),
         param_groups: dict[str, dict[str, Any]] | None = None,
         encoders: MovaEncoders | None = None,
-        ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
-        activation_offload: bool = False,
         compile: str = "none",
         video_fps: float = 24.0,
         seed: int = 0,
@@ -113,8 +88,6 @@ class MovaLitModule(LightningModule):
         max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
         if timestep_buckets < 1:
             raise ValueError(f"timestep_buckets must be >= 1, got {timestep_buckets}")
         if compile not in COMPILE_MODES:
@@ -127,9 +100,7 @@ class MovaLitModule(LightningModule):
         self.full_finetune = list(full_finetune)
         self.param_groups = param_groups
         self.encoders = encoders
-        self.ema_decay = ema_decay
         self.gradient_checkpointing = gradient_checkpointing
-        self.activation_offload = activation_offload
         self.compile = compile
         self.video_fps = float(video_fps)
         self.seed = int(seed)
@@ -138,13 +109,8 @@ class MovaLitModule(LightningModule):
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self._val_sums = torch.zeros(4, dtype=torch.float64)
         self.trainable_names: list[str] = []
-        self.ema_weights: _EmaWeights | None = None
         self._fingerprint: str | None = None
         self.base_fingerprints: dict[str, str] = {}
-        self._last_time: float | None = None
-        self._interval_samples = 0
-        self._interval_tokens = 0
-        self._ema_step = -1
         if isinstance(model, nn.Module):
             self.model: MovaDualTower | None = model
             self._model_factory = None
@@ -178,17 +144,11 @@ class MovaLitModule(LightningModule):
         if self.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         compile_blocks(model, self.compile)
-        if self.ema_decay is not None:
-            self.ema_weights = _EmaWeights(self._trainable())
         if self.encoders is not None:
             self.objective.null_context = self.encoders.null_context()
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         log.info("trainable parameters: %d of %d (%.3f%%)", n_train, n_all, 100.0 * n_train / max(1, n_all))
-
-    def _trainable(self) -> dict[str, nn.Parameter]:
-        params = dict(self.named_parameters())
-        return {n: params[n] for n in self.trainable_names}
 
     @property
     def base_fingerprint(self) -> str:
@@ -219,14 +179,7 @@ class MovaLitModule(LightningModule):
     ) -> tuple[LossOutput, dict]:
         assert self.model is not None, "configure_model() was not called"
         lat = self.latents(batch) if lat is None else lat
-        saved_on_host = self.activation_offload and torch.is_grad_enabled()
-        ctx = (
-            torch.autograd.graph.save_on_cpu(pin_memory=self.device.type == "cuda")
-            if saved_on_host
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            out = self.objective(self.model, lat, step=step, generator=generator, video_fps=self.video_fps)
+        out = self.objective(self.model, lat, step=step, generator=generator, video_fps=self.video_fps)
         return out, lat
 
     def _tokens_per_sample(self, lat: dict[str, torch.Tensor]) -> int:
@@ -238,12 +191,13 @@ class MovaLitModule(LightningModule):
         tower = self.model.video_dit if self.model.video_dit is not None else self.model.video_dit_2
         return tuple(tower.patch_size)  # type: ignore[return-value]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         """One micro-batch: loss every step; detail metrics every ``trainer.log_every_n_steps`` steps.
 
         ``self.log`` costs a few milliseconds per call on CPU, so only ``train/loss`` is logged on every step;
-        per-modality losses, timestep buckets, learning rates and throughput (averaged over the interval) are
-        logged on the steps Lightning writes to the loggers anyway.
+        per-modality losses and timestep buckets are logged on the steps Lightning writes to the loggers anyway.
+        The learning rates are the ``lr_monitor`` callback's, the throughput the ``throughput`` callback's (from
+        the ``samples`` and ``tokens`` returned here).
 
         Returns None (Lightning then skips the backward pass and the optimizer step) for a batch whose latents
         hold NaN/Inf or a step whose loss is not finite; see `mova_train.lit.nonfinite`.
@@ -259,10 +213,9 @@ class MovaLitModule(LightningModule):
         if self.nonfinite.should_skip(loss_bad, "loss", self.global_step, self.device):
             return self._skipped(bsz)
         self.log("train/loss", out.loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bsz)
-        self._interval_samples += bsz
-        self._interval_tokens += bsz * self._tokens_per_sample(lat)
+        result = {"loss": out.loss, "samples": bsz, "tokens": bsz * self._tokens_per_sample(lat)}
         if not self._detail_step():
-            return out.loss
+            return result
         kw = dict(on_step=True, on_epoch=False, batch_size=bsz)
         self.log("train/loss_video", out.loss_video.detach(), **kw)
         self.log("train/loss_audio", out.loss_audio.detach(), **kw)
@@ -270,19 +223,7 @@ class MovaLitModule(LightningModule):
             for name, (value, count) in out.mode_losses().items():
                 self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=count)
         self._log_buckets(out, bsz)
-        opt = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
-        if opt is not None:
-            for i, group in enumerate(opt.param_groups):
-                name = "train/lr" if i == 0 else f"train/lr_{group.get('name', i)}"
-                self.log(name, float(group["lr"]), **kw)
-        now = time.perf_counter()
-        if self._last_time is not None:
-            dt = max(now - self._last_time, 1e-9)
-            self.log("train/samples_per_s", self._interval_samples / dt, **kw)
-            self.log("train/tokens_per_s", self._interval_tokens / dt, **kw)
-        self._last_time = now
-        self._interval_samples = self._interval_tokens = 0
-        return out.loss
+        return result
 
     def _skipped(self, bsz: int) -> None:
         """Log the skip count; returning None makes Lightning skip the backward pass and optimizer step."""
@@ -346,32 +287,6 @@ class MovaLitModule(LightningModule):
                 f"train/loss_t{k}", per[sel].mean(), on_step=True, on_epoch=False, batch_size=int(sel.sum())
             )
 
-    # ---------------------------------------------------------------------------------------- EMA
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA after each optimizer step (not after accumulation micro-steps)."""
-        if self.ema_weights is not None and self.global_step != self._ema_step:
-            self._ema_step = self.global_step
-            self.ema_weights.update(self._trainable(), self.ema_decay)  # type: ignore[arg-type]
-
-    @contextlib.contextmanager
-    def ema_swapped(self) -> Iterator[None]:
-        """Temporarily put the EMA weights into the trainable parameters (no-op without EMA)."""
-        if self.ema_weights is None:
-            yield
-            return
-        params = self._trainable()
-        saved = {n: p.detach().clone() for n, p in params.items()}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(self.ema_weights.get(n).to(p.dtype))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(saved[n])
-
     # -------------------------------------------------------------------------------------- optimizer
 
     def configure_optimizers(self) -> Any:
@@ -421,12 +336,6 @@ class MovaLitModule(LightningModule):
                 f"checkpoint lacks {len(missing)} trainable weights (e.g. {missing[:3]}); it was written by a run "
                 f"with other lora/full_finetune settings"
             )
-        if self.ema_weights is not None:
-            ema_missing = [k for k in self.ema_weights.state_dict() if EMA_PREFIX + k not in state]
-            if ema_missing:
-                log.warning("checkpoint has no EMA weights; EMA restarts from the loaded weights")
-                for k in self.trainable_names:
-                    state[EMA_PREFIX + k.replace(".", "__")] = state[k].float()
         meta = checkpoint.get(CKPT_KEY, {})
         self.micro_step = int(meta.get("micro_step", 0))
         saved_fp = meta.get("base_fingerprint")

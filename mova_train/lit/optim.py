@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "WarmupCosine",
     "WarmupStableDecay",
-    "adamw8bit",
     "build_param_groups",
     "warmup_cosine",
     "warmup_stable_decay",
@@ -143,23 +141,3 @@ def warmup_stable_decay(
             f"total_steps ({total_steps})"
         )
     return LambdaLR(optimizer, WarmupStableDecay(warmup_steps, total_steps, decay, min_lr_ratio, decay_shape))
-
-
-def adamw8bit(
-    params: Iterable[Any],
-    lr: float = 1e-4,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.01,
-    **kwargs: Any,
-) -> torch.optim.Optimizer:
-    """bitsandbytes ``AdamW8bit`` (upstream's defaults, docs/model.md §10.3); imported lazily."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError as err:  # pragma: no cover - bitsandbytes is a pinned dependency
-        raise ImportError(
-            "optimizer adamw8bit needs bitsandbytes (pip install 'bitsandbytes>=0.50,<0.51')"
-        ) from err
-    return bnb.optim.AdamW8bit(
-        params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **kwargs
-    )

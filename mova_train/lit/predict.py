@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mova_train.config import torch_dtype
 from mova_train.models.lora import base_fingerprint
 from mova_train.models.lora_apply import apply_loras
 from mova_train.sampling.generator import GeneratedSample, MovaGenerator
 from mova_train.sampling.requests import Request, SamplingSettings, load_requests, make_request
 from mova_train.schedulers.flow_match import FlowMatchScheduler
+from mova_train.utils.dist import rank_world
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,7 @@ class PredictDataModule(LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return rank_world()
 
     def predict_dataloader(self) -> DataLoader:
         """Requests of this rank, ``batch_size`` at a time, as lists of `Request`."""
@@ -161,18 +160,19 @@ class MovaPredictModule(LightningModule):
     """Samples requests with the dual tower and the codecs; ``predict_step`` returns `GeneratedSample`s.
 
     Args:
-        denoiser: The `MovaDualTower`.
-        video_vae: `WanVideoVAE`.
-        audio_vae: `DAC`.
-        text_encoder: `MovaTextEncoder`.
+        denoiser: The `MovaDualTower`, or a zero-argument factory of it (a release folder's `_partial_` loader),
+            called in ``configure_model`` as `MovaLitModule` does.
+        encoders: A `MovaEncoders` with the video VAE (`WanVideoVAE`), the audio VAE (`DAC`) and the text
+            encoder (`MovaTextEncoder`).
         scheduler: Flow-matching scheduler (default: the release config).
         loras: LoRA adapters ``[{"path", "strength", "alpha"}]`` (our ``.safetensors`` or upstream folders).
         merge_lora: Merge the adapters into the base weights (several adapters are always merged).
         batch_cfg: Positive and negative prompt in one forward.
-        model_dtype: Denoiser input dtype (e.g. ``torch.bfloat16`` with bf16 weights).
+        model_dtype: Denoiser input dtype (e.g. ``torch.bfloat16`` or ``"bfloat16"`` with bf16 weights).
         release_high_noise: ``"none"``, ``"offload"`` or ``"delete"`` (see `mova_train.sampling.generator`).
         first_frame_mode: Condition of requests without an image: ``"none"`` (no frame, what t2av training
             teaches) or ``"white"`` (upstream's white frame, for the released model).
+        boundary_timestep: Expert switch of the two-expert sampler (None: the generator's default, 900).
         decode: Decode to frames and audio (False: latents only).
         model_fingerprint: Identity of the base weights for the sidecars (default: computed from the model
             before any LoRA is loaded).
@@ -180,45 +180,81 @@ class MovaPredictModule(LightningModule):
 
     def __init__(
         self,
-        denoiser: nn.Module,
-        video_vae: nn.Module,
-        audio_vae: nn.Module,
-        text_encoder: nn.Module,
+        denoiser: nn.Module | Callable[[], nn.Module],
+        encoders: nn.Module,
         scheduler: FlowMatchScheduler | None = None,
         loras: Sequence[dict[str, Any] | str] = (),
         merge_lora: bool = False,
         batch_cfg: bool = True,
-        model_dtype: torch.dtype | None = None,
+        model_dtype: torch.dtype | str | None = None,
         release_high_noise: str = "none",
         first_frame_mode: str = "none",
+        boundary_timestep: float | None = None,
         decode: bool = True,
         model_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
-        self.denoiser = denoiser.eval().requires_grad_(False)
-        self.video_vae = video_vae.eval().requires_grad_(False)
-        self.audio_vae = audio_vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        missing = [
+            n for n in ("video_vae", "audio_vae", "text_encoder") if getattr(encoders, n, None) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"MovaPredictModule needs encoders with {missing} (model.encoders in the config)"
+            )
+        self.video_vae = encoders.video_vae.eval().requires_grad_(False)
+        self.audio_vae = encoders.audio_vae.eval().requires_grad_(False)
+        self.text_encoder = encoders.text_encoder.eval().requires_grad_(False)
         self.scheduler = scheduler if scheduler is not None else FlowMatchScheduler()
-        self.model_fingerprint = model_fingerprint or base_fingerprint(denoiser)
-        entries = [{"path": e} if isinstance(e, (str, Path)) else dict(e) for e in loras]
-        self.lora_info = apply_loras(self.denoiser, entries, merge=merge_lora) if entries else []
+        self.loras = [{"path": e} if isinstance(e, (str, Path)) else dict(e) for e in loras]
+        self.merge_lora = merge_lora
+        self.generator_options: dict[str, Any] = dict(
+            batch_cfg=batch_cfg,
+            model_dtype=torch_dtype(model_dtype) if isinstance(model_dtype, str) else model_dtype,
+            release_high_noise=release_high_noise,
+            first_frame_mode=first_frame_mode,
+            decode=decode,
+        )
+        if boundary_timestep is not None:
+            self.generator_options["boundary_timestep"] = float(boundary_timestep)
+        self.model_fingerprint = model_fingerprint
+        self.lora_info: list[Any] = []
+        self.denoiser: nn.Module | None = None
+        self.generator: MovaGenerator | None = None
+        if isinstance(denoiser, nn.Module):
+            self._prepare(denoiser)
+            self._denoiser_factory = None
+        else:
+            self._denoiser_factory = denoiser
+
+    def configure_model(self) -> None:
+        """Build the denoiser from its factory (once), then load the LoRA adapters and make the generator."""
+        if self.denoiser is None:
+            assert self._denoiser_factory is not None
+            self._prepare(self._denoiser_factory())
+
+    def _prepare(self, denoiser: nn.Module) -> None:
+        self.denoiser = denoiser.eval().requires_grad_(False)
+        self.model_fingerprint = self.model_fingerprint or base_fingerprint(denoiser)
+        self.lora_info = apply_loras(self.denoiser, self.loras, merge=self.merge_lora) if self.loras else []
         self.generator = MovaGenerator(
             self.denoiser,
             self.scheduler,
             self.video_vae,
             self.audio_vae,
             self.text_encoder,
-            batch_cfg=batch_cfg,
-            model_dtype=model_dtype,
-            release_high_noise=release_high_noise,
-            first_frame_mode=first_frame_mode,
-            decode=decode,
+            **self.generator_options,
         )
+
+    def _generator(self) -> MovaGenerator:
+        if self.generator is None:
+            raise RuntimeError(
+                "MovaPredictModule: configure_model() was not called (the denoiser is a factory)"
+            )
+        return self.generator
 
     def settings(self) -> dict[str, Any]:
         """Module-level sampling settings, for the sidecars."""
-        g = self.generator
+        g = self._generator()
         return {
             "batch_cfg": g.batch_cfg,
             "model_dtype": None if g.model_dtype is None else str(g.model_dtype),
@@ -233,4 +269,4 @@ class MovaPredictModule(LightningModule):
         self, batch: list[Request], batch_idx: int, dataloader_idx: int = 0
     ) -> list[GeneratedSample]:
         """Sample one batch of requests (no file I/O; a `SampleWriter` writes the results)."""
-        return self.generator.generate(batch, device=self.device)
+        return self._generator().generate(batch, device=self.device)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RELEASE_LIBRARIES",
     "check_release_folder",
+    "folder_boundary_timestep",
+    "folder_scheduler",
     "component_folder_problems",
     "export_merged",
     "merged_weight",
@@ -152,6 +154,81 @@ def check_release_folder(root: str | Path) -> None:
     problems = release_folder_problems(root)
     if problems:
         raise CheckpointError(f"{root} is not a loadable MOVA release folder: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------- schedule from folder
+
+
+def _folder_json(path: Path) -> dict[str, Any]:
+    problems: list[str] = []
+    data = _read_json(path, problems)
+    if problems or not isinstance(data, dict):
+        raise CheckpointError("; ".join(problems) or f"{path} does not hold a JSON object")
+    return data
+
+
+def _refuse_disagreement(given: Mapping[str, Any], folder: Mapping[str, Any], where: Path, key: str) -> None:
+    """Raise `CheckpointError` naming the config key and the file when a value set in the config differs."""
+    bad = {k: v for k, v in given.items() if v is not None and v != folder[k]}
+    if bad:
+        detail = ", ".join(f"{key}.{k}={v!r} but the folder has {folder[k]!r}" for k, v in bad.items())
+        raise CheckpointError(
+            f"{where}: {detail}; drop the override (the folder's value is used) or point model.root at a folder "
+            f"written with it"
+        )
+
+
+def folder_scheduler(
+    root: str | Path,
+    num_train_timesteps: int | None = None,
+    shift: float | None = None,
+    extra_one_step: bool | None = None,
+    exact_euler_steps: bool = False,
+) -> Any:
+    """The `FlowMatchScheduler` of a release folder, from its ``scheduler/scheduler_config.json`` (spec §1.8).
+
+    Args:
+        root: The release folder.
+        num_train_timesteps, shift, extra_one_step: Values the config sets (None: not set); each must agree with
+            the folder's file (``model.scheduler.shift=3`` on a folder saved with shift 5 is refused).
+        exact_euler_steps: See `FlowMatchScheduler`.
+
+    Raises:
+        CheckpointError: The file is missing or invalid, or a given value disagrees with it (names file and key).
+    """
+    from mova_train.schedulers.flow_match import FlowMatchScheduler, SchedulerConfig
+
+    path = Path(root) / "scheduler" / "scheduler_config.json"
+    cfg = SchedulerConfig.from_dict(_folder_json(path), source=str(path))
+    given = {"num_train_timesteps": num_train_timesteps, "shift": shift, "extra_one_step": extra_one_step}
+    _refuse_disagreement(given, cfg.to_dict(), path, "model.scheduler")
+    log.info("scheduler from %s: shift %s, extra_one_step %s", path, cfg.shift, cfg.extra_one_step)
+    return FlowMatchScheduler(cfg, exact_euler_steps=exact_euler_steps)
+
+
+def folder_boundary_timestep(root: str | Path, boundary_timestep: float | None = None) -> float:
+    """The expert switch timestep of a release folder: ``model_index.json``'s ``boundary_ratio`` (timestep space,
+    upstream PR #32) times the scheduler's ``num_train_timesteps`` (0.9 x 1000 = 900 in the release).
+
+    Args:
+        root: The release folder.
+        boundary_timestep: The value the config sets (None: not set); it must agree with the folder.
+
+    Raises:
+        CheckpointError: A file is missing, ``boundary_ratio`` is not in (0, 1), or the given value disagrees.
+    """
+    root = Path(root)
+    where = root / "model_index.json"
+    ratio = _folder_json(where).get("boundary_ratio")
+    if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise CheckpointError(
+            f"{where}: boundary_ratio is {ratio!r}, expected the expert switch in (0, 1), e.g. 0.9"
+        )
+    steps = _folder_json(root / "scheduler" / "scheduler_config.json").get("num_train_timesteps", 1000)
+    value = round(float(ratio) * float(steps), 6)
+    given = None if boundary_timestep is None else float(boundary_timestep)
+    _refuse_disagreement({"boundary_timestep": given}, {"boundary_timestep": value}, where, "model")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ merged export

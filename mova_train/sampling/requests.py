@@ -38,6 +38,14 @@ __all__ = [
 ]
 
 
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指"
+)
+"""The negative prompt of upstream's release scripts (Wan's Chinese negative prompt): the default of every request,
+of `python -m mova_train.predict` and of validation sampling (config: `${mova.negative_prompt:}`)."""
+
+
 class RequestError(ValueError):
     """A request (or requests file) is invalid; the message names the file, line and field."""
 
@@ -47,7 +55,8 @@ class SamplingSettings:
     """Defaults for every request field except ``prompt`` (release values: 193 frames, 352x640, 24 fps).
 
     Attributes:
-        negative_prompt: Negative prompt for text CFG ("" is upstream's ``__call__`` default).
+        negative_prompt: Negative prompt for text CFG (default: `WAN_NEGATIVE_PROMPT`, what upstream's release
+            scripts pass; "" is upstream pipeline ``__call__``'s own default).
         first_frame: Image path, or None for text-to-audio+video (see `preprocess.first_frame_tensor`).
         seed: Seed of the request's own noise generator.
         num_frames: Pixel frames, 4k + 1.
@@ -64,7 +73,7 @@ class SamplingSettings:
         video: Video file to generate audio for (v2a); its frames are kept in the output.
     """
 
-    negative_prompt: str = ""
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
     first_frame: str | None = None
     seed: int = 0
     num_frames: int = 193

@@ -19,10 +19,12 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from mova_train.checkpoints.io import MovaCheckpointIO
+from mova_train.strategies.common import ActivationOffload
+from mova_train.utils.dist import planned_world
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MovaDDPStrategy", "ddp_strategy", "frozen_parameter_names"]
+__all__ = ["MovaDDPStrategy", "frozen_parameter_names"]
 
 
 def frozen_parameter_names(module: nn.Module) -> list[str]:
@@ -37,25 +39,37 @@ def _has_two_experts(module: nn.Module) -> bool:
     )
 
 
-class MovaDDPStrategy(DDPStrategy):
+class MovaDDPStrategy(ActivationOffload, DDPStrategy):
     """:class:`DDPStrategy` that ignores frozen parameters and loads FSDP2 DCP checkpoints.
+
+    ``conf/strategy/ddp.yaml`` and ``conf/strategy/npu.yaml`` (``process_group_backend: hccl``) target this class.
 
     Args:
         find_unused_parameters: bool, or ``"auto"`` (True when the model holds both video experts).
         ignore_frozen: register frozen parameters as ignored by DDP (no start-up broadcast, no buckets).
-        **kwargs: passed to :class:`DDPStrategy`.
+        offload_activations: keep the tensors saved for backward in host memory (see `ActivationOffload`).
+        **kwargs: passed to :class:`DDPStrategy` (``static_graph``, ``process_group_backend`` (None: nccl on
+            CUDA, gloo on CPU; ``"hccl"`` on Ascend), ``timeout``; others such as ``gradient_as_bucket_view`` go
+            to ``DistributedDataParallel``).
     """
 
     def __init__(
         self,
         find_unused_parameters: bool | Literal["auto"] = "auto",
         ignore_frozen: bool = True,
+        offload_activations: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("checkpoint_io", MovaCheckpointIO())
         self._find_unused_setting = find_unused_parameters
         super().__init__(**kwargs)
         self.ignore_frozen = ignore_frozen
+        self.offload_activations = offload_activations
+
+    def estimator_shape(self, devices: Any = 1, num_nodes: Any = 1) -> dict[str, Any]:
+        """This strategy in the memory estimator's vocabulary (`mova_train.estimate.estimate_run` keywords)."""
+        shape: dict[str, Any] = {"strategy": "ddp", "dp": planned_world(devices, num_nodes)}
+        return {**shape, "activation_offload": self.offload_activations}
 
     def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
         if self._find_unused_setting == "auto":
@@ -67,31 +81,3 @@ class MovaDDPStrategy(DDPStrategy):
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
             log.info("DDP: %d frozen parameters are not synchronised", len(frozen))
         return super()._setup_model(model)
-
-
-def ddp_strategy(
-    find_unused_parameters: bool | Literal["auto"] = "auto",
-    static_graph: bool = False,
-    gradient_as_bucket_view: bool = True,
-    ignore_frozen: bool = True,
-    process_group_backend: str | None = None,
-    **kwargs: Any,
-) -> MovaDDPStrategy:
-    """Factory for ``conf/strategy/ddp.yaml`` (``_target_: mova_train.strategies.ddp_strategy``).
-
-    Args:
-        find_unused_parameters: see :class:`MovaDDPStrategy`.
-        static_graph: DDP's static-graph optimisation (only with a fixed set of used parameters).
-        gradient_as_bucket_view: gradients are views into the all-reduce buckets (saves one copy).
-        ignore_frozen: see :class:`MovaDDPStrategy`.
-        process_group_backend: ``None`` (nccl on CUDA, gloo on CPU), ``"hccl"`` on Ascend, ...
-        **kwargs: passed to :class:`DDPStrategy` (e.g. ``timeout``, ``accelerator``).
-    """
-    return MovaDDPStrategy(
-        find_unused_parameters=find_unused_parameters,
-        ignore_frozen=ignore_frozen,
-        static_graph=static_graph,
-        gradient_as_bucket_view=gradient_as_bucket_view,
-        process_group_backend=process_group_backend,
-        **kwargs,
-    )

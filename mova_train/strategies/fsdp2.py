@@ -55,7 +55,8 @@ from mova_train.checkpoints.dcp import (
 )
 from mova_train.checkpoints.io import MovaCheckpointIO, state_is_finite, temporary_name
 from mova_train.checkpoints.manifest import verify_manifest
-from mova_train.strategies.common import target_model
+from mova_train.strategies.common import ActivationOffload, target_model
+from mova_train.utils.dist import planned_world
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MovaFSDP2Strategy", "fsdp2_strategy", "shard_model"]
+__all__ = ["MovaFSDP2Strategy", "shard_model"]
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -132,7 +133,7 @@ def shard_model(
     return units
 
 
-class MovaFSDP2Strategy(ModelParallelStrategy):
+class MovaFSDP2Strategy(ActivationOffload, ModelParallelStrategy):
     """``ModelParallelStrategy`` that shards the MOVA model itself (see the module docstring).
 
     The LightningModule needs a ``configure_model`` override (Lightning requires one; building the model there
@@ -149,6 +150,7 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: write DCP folders (True) or one gathered file (False).
         process_group_backend: None (nccl / gloo), ``"hccl"`` on Ascend, ...
         timeout: process-group timeout.
+        offload_activations: keep the tensors saved for backward in host memory (see `ActivationOffload`).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
+        offload_activations: bool = False,
     ) -> None:
         super().__init__(
             data_parallel_size=data_parallel_size,
@@ -183,7 +186,16 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
         self.reshard_after_forward = reshard_after_forward
         self.mixed_precision = mixed_precision
         self.model_attr = model_attr
+        self.offload_activations = offload_activations
         self._fsdp_mesh: DeviceMesh | None = None
+
+    def estimator_shape(self, devices: Any = 1, num_nodes: Any = 1) -> dict[str, Any]:
+        """This strategy in the memory estimator's vocabulary: FSDP2 shards over the flattened (dp, cp) mesh, so
+        every device holds 1/world of the weights (``dp`` is the sharding degree dp x cp)."""
+        cp = self.context_parallel_size
+        dp = self._data_parallel_size
+        dp = max(planned_world(devices, num_nodes) // cp, 1) if dp in (None, "auto") else int(dp)
+        return {"strategy": "fsdp2", "dp": dp * cp, "cp": cp, "activation_offload": self.offload_activations}
 
     # -------------------------------------------------------------------------------------------- mesh
 
@@ -338,29 +350,3 @@ class MovaFSDP2Strategy(ModelParallelStrategy):
         # The LightningModule's on_load_checkpoint sees which weights the folder held.
         metadata["state_dict"] = model_sd
         return metadata
-
-
-def fsdp2_strategy(
-    data_parallel_size: int | Literal["auto"] = "auto",
-    context_parallel_size: int = 1,
-    hsdp_replicate: int = 1,
-    cpu_offload: bool = False,
-    reshard_after_forward: bool = True,
-    mixed_precision: str | None = "bf16",
-    model_attr: str = "model",
-    save_distributed_checkpoint: bool = True,
-    process_group_backend: str | None = None,
-) -> MovaFSDP2Strategy:
-    """Factory for ``conf/strategy/fsdp2.yaml`` (``_target_: mova_train.strategies.fsdp2_strategy``);
-    arguments as in :class:`MovaFSDP2Strategy`."""
-    return MovaFSDP2Strategy(
-        data_parallel_size=data_parallel_size,
-        context_parallel_size=context_parallel_size,
-        hsdp_replicate=hsdp_replicate,
-        cpu_offload=cpu_offload,
-        reshard_after_forward=reshard_after_forward,
-        mixed_precision=mixed_precision,
-        model_attr=model_attr,
-        save_distributed_checkpoint=save_distributed_checkpoint,
-        process_group_backend=process_group_backend,
-    )

@@ -1,12 +1,13 @@
-"""Ascend NPU support: a Lightning accelerator registered as ``"npu"`` and NPU strategy factories.
+"""Ascend NPU support: a Lightning accelerator for ``torch.device("npu", i)``.
 
 ``torch_npu`` is imported lazily, inside the accelerator's methods, so nothing here (nor importing
 ``mova_train`` / ``mova_train.strategies``) imports it unless an NPU run asks for it: installed without the
 Ascend CANN toolkit, ``torch_npu`` breaks ``import torch`` itself (docs/environment.md gotcha 7).
 
-Use ``trainer.accelerator=npu`` together with ``strategy=npu`` (DDP over HCCL) or an FSDP2 strategy from
-:func:`npu_fsdp2_strategy`. Lightning's own ``FSDPStrategy`` admits only CUDA, so NPU sharding goes through
-FSDP2. Importing :mod:`mova_train.strategies` registers the accelerator name with Lightning.
+The config instantiates it: ``trainer.accelerator: {_target_: mova_train.strategies.npu.NPUAccelerator}`` (what
+``+recipe=lora_npu8`` sets), together with ``strategy=npu`` (`MovaDDPStrategy` over HCCL) or ``strategy=fsdp2``
+with ``strategy.process_group_backend=hccl``. Lightning's own ``FSDPStrategy`` admits only CUDA, so NPU sharding
+goes through FSDP2. Nothing is registered with Lightning by name.
 
 Always give an NPU strategy, also on one NPU: with ``strategy=auto`` and one device Lightning places the
 model on the CPU for any accelerator that is not CUDA/MPS. ``strategy=npu`` with ``trainer.devices=1`` runs DDP
@@ -20,16 +21,11 @@ import os
 from typing import Any
 
 import torch
-from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
-
-from mova_train.strategies.ddp import MovaDDPStrategy, ddp_strategy
-from mova_train.strategies.fsdp2 import MovaFSDP2Strategy
+from lightning.pytorch.accelerators import Accelerator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NPUAccelerator", "npu_ddp_strategy", "npu_fsdp2_strategy", "register_npu_accelerator"]
-
-HCCL = "hccl"
+__all__ = ["NPUAccelerator"]
 
 
 def _npu() -> Any:
@@ -103,30 +99,5 @@ class NPUAccelerator(Accelerator):
 
     @staticmethod
     def name() -> str:
-        """The registry name, ``"npu"``."""
+        """The accelerator's name, ``"npu"`` (for Lightning's messages; nothing is registered under it)."""
         return "npu"
-
-    @classmethod
-    def register_accelerators(cls, accelerator_registry: Any) -> None:
-        """Register as ``"npu"`` (``Trainer(accelerator="npu")``)."""
-        accelerator_registry.register(cls.name(), cls, description=cls.__name__, override=True)
-
-
-def register_npu_accelerator() -> None:
-    """Add ``"npu"`` to Lightning's accelerator registry (idempotent; imports nothing from torch_npu)."""
-    NPUAccelerator.register_accelerators(AcceleratorRegistry)
-
-
-def npu_ddp_strategy(process_group_backend: str = HCCL, **kwargs: Any) -> MovaDDPStrategy:
-    """DDP over HCCL (``conf/strategy/npu.yaml``); other arguments as in
-    :func:`~mova_train.strategies.ddp.ddp_strategy`."""
-    return ddp_strategy(process_group_backend=process_group_backend, **kwargs)
-
-
-def npu_fsdp2_strategy(
-    process_group_backend: str = HCCL, mixed_precision: str | None = "bf16", **kwargs: Any
-) -> MovaFSDP2Strategy:
-    """FSDP2 over HCCL; arguments as in :func:`~mova_train.strategies.fsdp2.fsdp2_strategy`."""
-    return MovaFSDP2Strategy(
-        process_group_backend=process_group_backend, mixed_precision=mixed_precision, **kwargs
-    )

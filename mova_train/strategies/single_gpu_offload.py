@@ -19,19 +19,21 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from mova_train.checkpoints.io import MovaCheckpointIO
 from mova_train.strategies.common import target_model
 from mova_train.strategies.offload import BlockStreamer
+from mova_train.strategies.single_device import MovaSingleDeviceStrategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SingleGPUOffloadStrategy", "single_gpu_offload"]
+__all__ = ["SingleGPUOffloadStrategy"]
 
 
-class SingleGPUOffloadStrategy(SingleDeviceStrategy):
+class SingleGPUOffloadStrategy(MovaSingleDeviceStrategy):
     """:class:`SingleDeviceStrategy` that streams the frozen block weights (see the module docstring).
+
+    ``conf/strategy/single_gpu_offload.yaml`` holds upstream's low-resource defaults (spec §10.3): checkpointing
+    with activation offload, one unit prefetched, lossless storage (upstream stores fp8: ``storage: fp8``).
 
     Args:
         device: the compute device (``"cuda:0"``; ``"cpu"`` runs the same code path for tests).
@@ -42,7 +44,7 @@ class SingleGPUOffloadStrategy(SingleDeviceStrategy):
         model_attr: attribute of the LightningModule holding the model with ``block_classes``.
         block_classes: override of the model's unit classes.
         pin_memory: pin the host store (default: on non-CPU devices).
-        **kwargs: passed to :class:`SingleDeviceStrategy` (``accelerator``, ``precision_plugin``, ...).
+        **kwargs: passed to :class:`MovaSingleDeviceStrategy` (``accelerator``, ``precision_plugin``, ...).
     """
 
     strategy_name = "single_gpu_offload"
@@ -59,12 +61,10 @@ class SingleGPUOffloadStrategy(SingleDeviceStrategy):
         pin_memory: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("checkpoint_io", MovaCheckpointIO())
-        super().__init__(device=device, **kwargs)
+        super().__init__(device=device, offload_activations=offload_activations, **kwargs)
         self.prefetch = prefetch
         self.storage = storage
         self.gradient_checkpointing = gradient_checkpointing
-        self.offload_activations = offload_activations
         self.model_attr = model_attr
         self.block_classes = block_classes
         self.pin_memory = pin_memory
@@ -97,12 +97,13 @@ class SingleGPUOffloadStrategy(SingleDeviceStrategy):
                     )
         self.model.to(self.root_device)
 
-    def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        """The LightningModule's training step, with saved activations in host memory if asked."""
-        if not self.offload_activations:
-            return super().training_step(*args, **kwargs)
-        with torch.autograd.graph.save_on_cpu(pin_memory=self.root_device.type == "cuda"):
-            return super().training_step(*args, **kwargs)
+    def estimator_shape(self, devices: Any = 1, num_nodes: Any = 1) -> dict[str, Any]:
+        """This strategy in the memory estimator's vocabulary (fp8/int8 host storage counts as fp8 weights)."""
+        return {
+            "strategy": "offload",
+            "weight_dtype": "fp8" if self.storage in ("fp8", "int8") else "bf16",
+            "activation_offload": self.offload_activations,
+        }
 
     def _streamed_keys(self) -> set[str]:
         if self.streamer is None:
@@ -132,29 +133,3 @@ class SingleGPUOffloadStrategy(SingleDeviceStrategy):
             self.stream_stats = self.streamer.stats
             self.streamer.remove()
             self.streamer = None
-
-
-def single_gpu_offload(
-    device: str | torch.device = "cuda:0",
-    prefetch: int = 1,
-    storage: str = "native",
-    gradient_checkpointing: bool = True,
-    offload_activations: bool = True,
-    model_attr: str = "model",
-    pin_memory: bool | None = None,
-) -> SingleGPUOffloadStrategy:
-    """Factory for ``conf/strategy/single_gpu_offload.yaml`` (``_target_:
-    mova_train.strategies.single_gpu_offload``); arguments as in :class:`SingleGPUOffloadStrategy`.
-
-    Defaults: upstream's low-resource trainer (docs/model.md §10.3): checkpointing with activation offload,
-    one unit prefetched, lossless storage (upstream stores fp8; ``storage="fp8"`` reproduces that).
-    """
-    return SingleGPUOffloadStrategy(
-        device=device,
-        prefetch=prefetch,
-        storage=storage,
-        gradient_checkpointing=gradient_checkpointing,
-        offload_activations=offload_activations,
-        model_attr=model_attr,
-        pin_memory=pin_memory,
-    )

@@ -8,26 +8,12 @@ one given rank only.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RankedLogger", "global_rank"]
+from mova_train.utils.dist import global_rank
 
-
-def global_rank() -> int:
-    """This process's global rank: torch.distributed if initialised, else the launcher's environment, else 0."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return int(dist.get_rank())
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+__all__ = ["RankedLogger"]
 
 
 class RankedLogger(logging.LoggerAdapter):

@@ -116,7 +116,7 @@ TINY_TRAIN = (
     "lr_scheduler.warmup_steps=1"
 )
 TINY_VALIDATION = "callbacks.validation_sampling.sampling.steps=2"  # validation sampling at the end of fit
-TINY_TINY_CPU = "trainer.max_steps=2 sample.num_steps=2 data.synthetic.count=2"
+TINY_TINY_CPU = "trainer.max_steps=2 callbacks.validation_sampling.sampling.steps=2 data.synthetic.count=2"
 TINY_PREDICT = (
     f"sampling.num_frames={FRAMES} sampling.height={HEIGHT} sampling.width={WIDTH} sampling.steps=2"
 )
@@ -142,7 +142,7 @@ TRAIN_RUNS: dict[str, tuple[str, ...]] = {
     ),
     # single_gpu_offload runs its block-streaming code path on a CPU device (and pins no memory there)
     "lora_low_resource": (TRAIN_LOW_RESOURCE, CPU, TINY_TRAIN, "strategy.device=cpu"),
-    # lora_npu8 through tests/e2e/npu_standin.py: the recipe's own accelerator name and strategy factory, on CPU
+    # lora_npu8 through tests/e2e/npu_standin.py: the recipe's own accelerator class and strategy, on CPU
     "lora_npu8": (
         TRAIN_NPU.replace("-m mova_train", "tests/e2e/npu_standin.py", 1),
         "trainer.precision=32-true",

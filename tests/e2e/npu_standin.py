@@ -4,11 +4,11 @@ Usage (what tests/e2e/test_train_recipes.py runs; every argument goes to the rea
 
     python tests/e2e/npu_standin.py +recipe=lora_npu8 ... trainer.devices=2 strategy.process_group_backend=gloo
 
-The stand-in is `mova_train.strategies.npu.NPUAccelerator` registered under the same name ``"npu"``, with only the
-device-facing methods replaced: its devices are CPU devices and the ``torch_npu`` device module is a stub. So the
-recipe's config, its strategy factory (`npu_ddp_strategy`), the accelerator lookup by name and the whole fit run
-for real; only HCCL (replaced by gloo through the override above) and the NPU kernels are absent. Lightning's
-launcher re-runs this script for the other ranks, which register the stand-in again.
+The stand-in replaces `mova_train.strategies.npu.NPUAccelerator` (the class the recipe's
+`trainer.accelerator._target_` names) by a subclass with only the device-facing methods replaced: its devices are
+CPU devices and the ``torch_npu`` device module is a stub. So the recipe's config, its strategy class, the
+accelerator's instantiation and the whole fit run for real; only HCCL (replaced by gloo through the override above)
+and the NPU kernels are absent. Lightning's launcher re-runs this script for the other ranks, which patch again.
 """
 
 from __future__ import annotations
@@ -49,5 +49,5 @@ def _stub() -> Any:
 
 if __name__ == "__main__":
     npu._npu = _stub
-    CPUStandInNPU.register_accelerators(npu.AcceleratorRegistry)
+    npu.NPUAccelerator = CPUStandInNPU  # what `_target_: mova_train.strategies.npu.NPUAccelerator` finds
     main()

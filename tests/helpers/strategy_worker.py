@@ -143,14 +143,14 @@ class RecordAtStart(pl.Callback):
 def main(out: Path) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    from mova_train.strategies import ddp_strategy, fsdp2_strategy
+    from mova_train.strategies import MovaDDPStrategy, MovaFSDP2Strategy
 
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     # 1. FSDP2 (fp32: mixed_precision=None), 3 steps, then a distributed checkpoint.
     pl.seed_everything(0)
     module = DeterministicLit()
-    fsdp = trainer(fsdp2_strategy(mixed_precision=None), devices=2)
+    fsdp = trainer(MovaFSDP2Strategy(mixed_precision=None), devices=2)
     fsdp.fit(module, loader(GLOBAL_BATCH // 2, 2, int(os.environ["RANK"])))
     ckpt = out / "fsdp2.ckpt"
     fsdp.save_checkpoint(ckpt)
@@ -168,20 +168,20 @@ def main(out: Path) -> None:
     # 2. DDP, same global batch.
     pl.seed_everything(0)
     module = DeterministicLit()
-    ddp = trainer(ddp_strategy(), devices=2)
+    ddp = trainer(MovaDDPStrategy(), devices=2)
     ddp.fit(module, loader(GLOBAL_BATCH // 2, 2, int(os.environ["RANK"])))
     results["ddp"] = {"weights": trainable_state(module), "losses": module.losses}
     # 3. DDP resumes the FSDP2 checkpoint (topology change) and trains one more step.
     pl.seed_everything(0)
     module = DeterministicLit()
     rec = RecordAtStart()
-    resumed = trainer(ddp_strategy(), devices=2, max_steps=STEPS + 1, callbacks=[rec])
+    resumed = trainer(MovaDDPStrategy(), devices=2, max_steps=STEPS + 1, callbacks=[rec])
     resumed.fit(module, loader(GLOBAL_BATCH // 2, 2, int(os.environ["RANK"])), ckpt_path=ckpt)
     results["ddp_resume"] = {**rec.record, "final_step": resumed.global_step}
     # 4. FSDP2 composed with context parallel: mesh (dp=1, cp=2); both ranks see the whole global batch.
     pl.seed_everything(0)
     module = DeterministicLit()
-    cp = trainer(fsdp2_strategy(mixed_precision=None, context_parallel_size=2), devices=2)
+    cp = trainer(MovaFSDP2Strategy(mixed_precision=None, context_parallel_size=2), devices=2)
     cp.fit(module, loader(GLOBAL_BATCH))
     results["fsdp2_cp"] = {
         "weights": trainable_state(module),

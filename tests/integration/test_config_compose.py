@@ -61,6 +61,8 @@ def _force_tiny(cfg: DictConfig) -> DictConfig:
         cfg.model.denoiser = {"_target_": "mova_train.models.builders.mova_tiny", "experts": experts}
         cfg.model.meta_denoiser = None
         cfg.model.encoders = {"_target_": "mova_train.codecs.encoders.tiny_encoders"}
+        cfg.model.scheduler = {"_target_": "mova_train.schedulers.flow_match.FlowMatchScheduler"}
+        cfg.model.boundary_timestep = 900.0
         cfg.model.pop("root", None)
         cfg.trainer.accelerator = "cpu"
         cfg.trainer.devices = 1
@@ -73,14 +75,15 @@ def _instantiate_all(cfg: DictConfig) -> dict:
     """Build every part `train()` builds, without fitting."""
     from hydra.utils import instantiate
 
-    from mova_train.train import _instantiate_mapping, build_datamodule, build_module, build_strategy
+    from mova_train.config.instantiate import build_module, build_strategy, instantiate_mapping
+    from mova_train.train import build_datamodule
 
     parts = {
         "datamodule": build_datamodule(cfg.data),
         "module": build_module(cfg),
-        "callbacks": _instantiate_mapping(cfg.get("callbacks"), "callbacks"),
-        "loggers": _instantiate_mapping(cfg.get("logger"), "logger"),
-        "plugins": _instantiate_mapping(cfg.get("plugins"), "plugins"),
+        "callbacks": instantiate_mapping(cfg.get("callbacks"), "callbacks"),
+        "loggers": instantiate_mapping(cfg.get("logger"), "logger"),
+        "plugins": instantiate_mapping(cfg.get("plugins"), "plugins"),
         "strategy": build_strategy(cfg.strategy),
     }
     if cfg.get("lr_scheduler"):
@@ -176,7 +179,7 @@ def test_schemas_match_the_classes() -> None:
 
 
 def test_show_reports_release_size_on_meta(tmp_path: Path) -> None:
-    from mova_train.train import model_report
+    from mova_train.show import model_report
 
     cfg = _compose(tmp_path, ["+recipe=lora_fsdp8", "show=true"])
     report = model_report(cfg)

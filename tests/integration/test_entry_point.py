@@ -48,14 +48,16 @@ def test_tiny_cpu_fit_writes_outputs_and_resumes(data_dir: Path, tmp_path: Path)
         f"hydra.run.dir={run_dir}",
         "callbacks.checkpoint.every_n_train_steps=1",
     ]
-    proc = _run([*common, "trainer.max_steps=2", "sample.num_steps=2"], cwd=tmp_path)
+    proc = _run(
+        [*common, "trainer.max_steps=2", "callbacks.validation_sampling.sampling.steps=2"], cwd=tmp_path
+    )
     log = (run_dir / "__main__.log").read_text()
     assert (data_dir / "synthetic" / "shards" / "index.json").is_file()  # generated on first use
     assert (run_dir / "lora" / "lora.safetensors").stat().st_size > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics.splitlines()[0]
-    samples = list((run_dir / "samples").glob("*.mp4"))
+    samples = list((run_dir / "validation_samples" / "step0000002").glob("*.mp4"))
     assert len(samples) == 1 and samples[0].stat().st_size > 0
     assert "train/loss = " in log  # the value returned to sweepers
     assert "Epoch 0" in proc.stdout + proc.stderr  # progress bar
@@ -63,7 +65,9 @@ def test_tiny_cpu_fit_writes_outputs_and_resumes(data_dir: Path, tmp_path: Path)
     assert ckpt["global_step"] == 2
 
     # resume the same run folder from its last checkpoint and train one more step
-    _run([*common, "trainer.max_steps=3", "ckpt_path=last", "sample_after_fit=false"], cwd=tmp_path)
+    _run(
+        [*common, "trainer.max_steps=3", "ckpt_path=last", "callbacks.validation_sampling=null"], cwd=tmp_path
+    )
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
     assert "Restoring states from the checkpoint" in (run_dir / "__main__.log").read_text()
@@ -86,7 +90,6 @@ def test_multirun_writes_two_runs(data_dir: Path, tmp_path: Path) -> None:
             "-m",
             "optimizer.lr=1e-4,5e-5",
             "trainer.max_steps=1",
-            "sample_after_fit=false",
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={sweep_dir}",
         ],

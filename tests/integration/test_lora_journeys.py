@@ -87,7 +87,7 @@ def test_lora_fsdp8_on_two_processes_writes_a_whole_lora(data_dir: Path, tmp_pat
 
 
 def test_one_expert_at_a_time_then_predict_with_the_pair(data_dir: Path, tmp_path: Path) -> None:
-    tiny = ["+recipe=tiny_cpu", "sample_after_fit=false"]
+    tiny = ["+recipe=tiny_cpu", "callbacks.validation_sampling=null"]
     _run("mova_train", [*tiny, *_common(data_dir, tmp_path, "low"), "expert=video_dit_2"], cwd=tmp_path)
     low = tmp_path / "low" / "lora" / "lora.safetensors"
     _run(
@@ -132,7 +132,7 @@ def test_full_finetune_through_the_entry_point_then_predict_with_the_component(
         "mova_train",
         [
             "+recipe=tiny_cpu",
-            "sample_after_fit=false",
+            "callbacks.validation_sampling=null",
             *_common(data_dir, tmp_path, "full"),
             "lora=none",
             "module.full_finetune=[dual_tower_bridge]",

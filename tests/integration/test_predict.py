@@ -21,7 +21,7 @@ SETTINGS = {"num_frames": 5, "height": 32, "width": 32, "fps": 8.0, "steps": 2, 
 
 def _module(**kwargs) -> MovaPredictModule:
     enc = tiny_encoders(seed=0)
-    return MovaPredictModule(mova_tiny(seed=0), enc.video_vae, enc.audio_vae, enc.text_encoder, **kwargs)
+    return MovaPredictModule(mova_tiny(seed=0), enc, **kwargs)
 
 
 def _requests_file(tmp_path, n):

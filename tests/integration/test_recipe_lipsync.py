@@ -26,7 +26,7 @@ def test_lipsync_recipe_trains_a2v_and_validates_every_mode(tmp_path: Path) -> N
     args = [
         "+recipe=lora_lipsync_a2v_1gpu_80gb", "model=tiny", "data=synthetic_cached", "trainer=cpu", "logger=csv",
         "lora.rank=4", "lora.alpha=4", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
-        "module.activation_offload=false", "callbacks.validation_sampling.every_n_steps=4",
+        "strategy.offload_activations=false", "strategy.device=cpu", "callbacks.validation_sampling.every_n_steps=4",
         "callbacks.validation_sampling.sampling.steps=2", f"paths.data_dir={tmp_path / 'data'}",
         f"paths.output_root={tmp_path / 'outputs'}", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip

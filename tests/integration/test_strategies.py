@@ -30,7 +30,7 @@ from helpers.strategy_worker import (
 )
 
 from mova_train.checkpoints.io import MovaCheckpointIO
-from mova_train.strategies import single_gpu_offload
+from mova_train.strategies import SingleGPUOffloadStrategy
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -130,7 +130,7 @@ def test_fsdp2_checkpoint_resumes_in_one_process(two_process: dict) -> None:
 
 def test_offload_matches_no_offload(reference: dict) -> None:
     module = DeterministicLit()
-    strategy = single_gpu_offload(device="cpu", prefetch=1, offload_activations=True, pin_memory=False)
+    strategy = SingleGPUOffloadStrategy(device="cpu", prefetch=1, offload_activations=True, pin_memory=False)
     trainer(strategy, devices=1).fit(module, loader(GLOBAL_BATCH))
     assert module.losses == pytest.approx(reference["losses"], rel=0, abs=1e-6)
     assert _max_diff(trainable_state(module), reference["weights"]) <= 1e-6

@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mova_train.callbacks.checkpointing import SigtermCheckpoint
+from mova_train.callbacks.ema import EMA
 from mova_train.callbacks.lora_export import LoraExport
 from mova_train.checkpoints.io import MovaCheckpointIO
 from mova_train.codecs.encoders import latents_from_cached
@@ -36,7 +37,7 @@ def _trainer(tmp_path, max_steps, callbacks=(), accumulate=2, **kw) -> Trainer:
         gradient_clip_val=1.0,
         default_root_dir=tmp_path,
         plugins=[MovaCheckpointIO()],
-        callbacks=list(callbacks),
+        callbacks=[EMA(decay=0.9), *callbacks],  # first, as in conf/callbacks: savers see the step's EMA
         **kw,
     )
 
@@ -48,7 +49,6 @@ def _module(**kw):
         full_finetune=("dual_tower_bridge",),
         lr_scheduler=functools.partial(warmup_cosine, warmup_steps=2, total_steps=6, min_lr_ratio=0.1),
         param_groups={"dual_tower_bridge": {"lr_scale": 2.0}},
-        ema_decay=0.9,
         **kw,
     )
 

@@ -28,9 +28,9 @@ def test_wandb_logger_offline_logs_resolved_config(tmp_path: Path, monkeypatch: 
                 "task_name=wandb_test",
             ],
         )
-    from mova_train.train import _instantiate_mapping, build_trainer
+    from mova_train.config.instantiate import build_trainer, instantiate_mapping
 
-    (logger,) = _instantiate_mapping(cfg.logger, "logger")
+    (logger,) = instantiate_mapping(cfg.logger, "logger")
     assert logger.__class__.__name__ == "WandbLogger"
     assert logger._wandb_init["project"] == "mova_train"
     assert logger._wandb_init["group"] == "wandb_test"

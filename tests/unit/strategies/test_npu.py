@@ -31,14 +31,17 @@ SCRIPT = textwrap.dedent(
     sys.modules["torch_npu"] = fake
 
     import lightning.pytorch as pl
-    from mova_train.strategies import NPUAccelerator, npu_ddp_strategy, npu_fsdp2_strategy
+    from mova_train.strategies import MovaDDPStrategy, MovaFSDP2Strategy, NPUAccelerator
 
-    t = pl.Trainer(accelerator="npu", devices=2, strategy=npu_ddp_strategy(), logger=False)
+    def ddp():
+        return MovaDDPStrategy(process_group_backend="hccl")
+
+    t = pl.Trainer(accelerator=NPUAccelerator(), devices=2, strategy=ddp(), logger=False)
     out["accelerator"] = type(t.accelerator).__name__
     out["parallel_devices"] = [str(d) for d in t.strategy.parallel_devices]
     out["root_device"] = str(t.strategy.root_device)
     out["backend"] = t.strategy._get_process_group_backend()
-    t1 = pl.Trainer(accelerator="npu", devices=1, strategy=npu_ddp_strategy(), logger=False)
+    t1 = pl.Trainer(accelerator=NPUAccelerator(), devices=1, strategy=ddp(), logger=False)
     out["single_root"] = str(t1.strategy.root_device)
     out["single_strategy"] = type(t1.strategy).__name__
     acc = NPUAccelerator()
@@ -48,7 +51,7 @@ SCRIPT = textwrap.dedent(
     out["parse_auto"] = NPUAccelerator.parse_devices("auto")
     out["parse_list"] = NPUAccelerator.parse_devices("0,1")
     out["is_available"] = NPUAccelerator.is_available()
-    out["fsdp2_backend"] = npu_fsdp2_strategy()._process_group_backend
+    out["fsdp2_backend"] = MovaFSDP2Strategy(process_group_backend="hccl")._process_group_backend
     print("RESULT" + json.dumps(out))
     """
 )
