@@ -4,6 +4,7 @@ every training run made at most once (started ahead in the background for the te
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,21 @@ def release(workspace: Workspace, golden_dir: Path) -> Path:
     return workspace.root / "checkpoints" / "MOVA-360p"
 
 
-@pytest.fixture(scope="session")
-def cache(workspace: Workspace, release: Path) -> Path:
-    """Prepare -> shard -> cache: synthetic clips and upstream's sample, both cached with the release's codecs."""
+def _clips_and_shards(workspace: Workspace) -> None:
+    """Prepare and shard: synthetic clips, then both shard folders (neither needs the model folder)."""
     workspace.run(j.MAKE_SYNTHETIC, j.TINY_CLIPS).check()
     for result in workspace.run_all((j.SHARD_SYNTHETIC,), (j.SHARD_REAL,)):
         result.check()
+
+
+@pytest.fixture(scope="session")
+def cache(request: pytest.FixtureRequest, workspace: Workspace) -> Path:
+    """Prepare -> shard -> cache: synthetic clips and upstream's sample, both cached with the release's codecs
+    (the clips are made and sharded while the release folder is written)."""
+    with ThreadPoolExecutor(1) as pool:
+        shards = pool.submit(_clips_and_shards, workspace)
+        request.getfixturevalue("release")
+        shards.result()
     for result in workspace.run_all((j.CACHE_SYNTHETIC, j.TINY_CACHE), (j.CACHE_REAL, j.TINY_CACHE)):
         result.check()
     return workspace.root / "data" / "cache"
