@@ -103,3 +103,16 @@ def tiny_output(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
     one vector (for equality checks between two models)."""
     video, audio = model.eval()(**tiny_inputs(**kwargs))
     return torch.cat([video.flatten(), audio.flatten()])
+
+
+@torch.no_grad()
+def fill_lora(
+    model: torch.nn.Module, seed: int, scale: float = 0.3, part: str = ".lora_", only_trainable: bool = False
+) -> None:
+    """Stand-in for training: every LoRA parameter whose name holds ``part`` (``".lora_B."``: B only) set to
+    ``scale`` x standard-normal draws of one generator seeded ``seed``, in parameter order; with
+    ``only_trainable`` only those that require grad."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if part in name and (p.requires_grad or not only_trainable):
+            p.copy_(scale * torch.randn(p.shape, generator=g))

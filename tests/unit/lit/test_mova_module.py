@@ -115,17 +115,21 @@ def test_missing_expert_and_bad_checkpoint_are_clear_errors():
         mod.on_load_checkpoint({"state_dict": {}})
 
 
+def _raw_clips() -> dict:
+    """Two raw clips as the raw-mode datamodule yields them: 5 frames of 32 x 32, 64 audio samples, captions."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "video": torch.rand(2, 3, 5, 32, 32, generator=g) * 2 - 1,
+        "audio": torch.randn(2, 1, 64, generator=g) * 0.1,
+        "caption": ["a dog barks", "rain on a roof"],
+    }
+
+
 def test_raw_batch_through_tiny_encoders():
     from mova_train.codecs.encoders import tiny_encoders
 
     enc = tiny_encoders(seed=0, text_len=8)
-    g = torch.Generator().manual_seed(0)
-    raw = {
-        "video": torch.rand(2, 3, 5, 32, 32, generator=g) * 2 - 1,
-        "audio": torch.randn(2, 1, 64, generator=g) * 0.1,
-        "caption": ["a dog barks", "rain on a roof"],
-        "audio_mask": torch.tensor([True, False]),
-    }
+    raw = {**_raw_clips(), "audio_mask": torch.tensor([True, False])}
     lat = enc.encode_batch(raw)
     assert lat["video_latents"].shape == (2, 4, 2, 4, 4)
     assert lat["cond"].shape == (2, 8, 2, 4, 4) and (lat["cond"][:, :4, 0] == 1).all()
@@ -159,12 +163,7 @@ def test_raw_t2av_gets_the_empty_clip_latent_from_the_vae():
     from mova_train.codecs.encoders import tiny_encoders
 
     enc = tiny_encoders(seed=0, text_len=8)
-    g = torch.Generator().manual_seed(0)
-    raw = {
-        "video": torch.rand(2, 3, 5, 32, 32, generator=g) * 2 - 1,
-        "audio": torch.randn(2, 1, 64, generator=g) * 0.1,
-        "caption": ["a dog barks", "rain on a roof"],
-    }
+    raw = _raw_clips()
     assert "empty_latents" not in enc.encode_batch(raw)
     lat = enc.encode_batch(raw, empty_latents=True)
     with torch.no_grad():

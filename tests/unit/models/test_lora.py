@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers.tiny import tiny_args
+from helpers.tiny import fill_lora, tiny_args
 from safetensors import safe_open
 
 from mova_train.models import mova_tiny
@@ -29,14 +29,6 @@ from mova_train.models.lora_upstream import export_upstream
 def _run(model, expert: str = "video_dit") -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return model(*tiny_args(batch=2, audio_len=6, text_len=5, timestep=(950.0, 500.0)), expert=expert)
-
-
-def _randomize_lora(model, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_B." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +78,7 @@ def test_save_load_identical_outputs_and_strict(tmp_path):
     spec = LoraSpec(rank=4, alpha=8, preset="upstream")
     model = mova_tiny()
     inject_lora(model, spec)
-    _randomize_lora(model)
+    fill_lora(model, seed=1, scale=0.1, part=".lora_B.")
     ref = _run(model, "video_dit_2")
     path = save_lora(tmp_path / "lora.safetensors", model, spec, base_fingerprint="model:abc")
     with safe_open(str(path), framework="pt") as f:
@@ -121,7 +113,7 @@ def test_merge_equals_unmerged_and_restores_names():
     model = mova_tiny()
     base_keys = set(model.state_dict())
     inject_lora(model, spec)
-    _randomize_lora(model)
+    fill_lora(model, seed=1, scale=0.1, part=".lora_B.")
     ref = _run(model)
     assert merge_lora(model) == 76
     out = _run(model)
@@ -133,7 +125,7 @@ def test_export_upstream_same_tensors(tmp_path):
     spec = LoraSpec(rank=4, alpha=8, preset="upstream")
     model = mova_tiny()
     inject_lora(model, spec)
-    _randomize_lora(model)
+    fill_lora(model, seed=1, scale=0.1, part=".lora_B.")
     save_lora(tmp_path / "lora.safetensors", model, spec)
     export_upstream(tmp_path / "up", lora_state_dict(model), spec.rank, spec.alpha)
     weights = torch.load(tmp_path / "up" / "lora_weights.pt", weights_only=True)
@@ -151,7 +143,7 @@ def test_base_fingerprint(tmp_path):
     model = mova_tiny()
     fp = base_fingerprint(model)
     inject_lora(model, LoraSpec(rank=2, alpha=2))
-    _randomize_lora(model)
+    fill_lora(model, seed=1, scale=0.1, part=".lora_B.")
     assert base_fingerprint(model) == fp  # LoRA does not change the base identity
     assert set(base_state_dict(model)) == set(mova_tiny().state_dict())
     other = mova_tiny(seed=1)

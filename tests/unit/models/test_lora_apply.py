@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny import tiny_output
+from helpers.tiny import fill_lora, tiny_output
 
 from mova_train.models import mova_tiny
 from mova_train.models.lora import (
@@ -24,15 +24,6 @@ LOW, HIGH = "video_dit_2", "video_dit"
 RANGES = {LOW: [0.0, 899.9], HIGH: [900.0, 1000.0]}
 
 
-def _train(model, seed: int, only_trainable: bool = True) -> None:
-    """Stand-in for training: random values in the LoRA parameters that train."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_" in name and (p.requires_grad or not only_trainable):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-
-
 def _single_run(tmp_path, expert: str, seed: int, name: str, **spec_kw) -> tuple:
     """A run that loaded one expert (like lora_low_resource): returns (file, trained model)."""
     model = mova_tiny(experts=(expert,))
@@ -42,7 +33,7 @@ def _single_run(tmp_path, expert: str, seed: int, name: str, **spec_kw) -> tuple
     if spec.init_from:
         warm_start_lora(model, spec, fps)
     set_trainable(model, spec)
-    _train(model, seed)
+    fill_lora(model, seed, only_trainable=True)
     tensors = lora_state_dict(model)
     meta = build_meta(tensors, spec, base_fingerprints=fps, experts=[expert], timesteps=RANGES[expert])
     return save_lora(tmp_path / f"{name}.safetensors", tensors, spec, meta=meta), model
@@ -84,6 +75,16 @@ def test_single_expert_file_lists_its_targets_and_acts_with_its_expert_only(tmp_
     assert torch.equal(tiny_output(merged, expert=HIGH), tiny_output(mova_tiny(), expert=HIGH))
 
 
+def _assert_pair_is_one_adapter(tmp_path, model, low, high, shared_from) -> None:
+    """``model`` (the pair loaded) samples both experts exactly as one adapter holding each file's video
+    layers and the shared (audio/bridge) set of ``shared_from``."""
+    video_low, video_high, shared = _split(low)[0], _split(high)[0], _split(shared_from)[1]
+    ref = mova_tiny()
+    apply_loras(ref, [_combined(tmp_path, {"low": video_low, "high": video_high, "shared": shared})])
+    for expert in (LOW, HIGH):
+        assert torch.equal(tiny_output(model, expert=expert), tiny_output(ref, expert=expert)), expert
+
+
 def test_pair_with_frozen_shared_set_loads_one_shared_set(tmp_path):
     low, _ = _single_run(tmp_path, LOW, seed=1, name="low")
     high, _ = _single_run(tmp_path, HIGH, seed=2, name="high", init_from=str(low), freeze_groups=["shared"])
@@ -96,12 +97,7 @@ def test_pair_with_frozen_shared_set_loads_one_shared_set(tmp_path):
     infos = apply_loras(model, [low, high])
     assert [i["gated_to"] for i in infos] == [None, None]
     assert "shared groups not loaded" in infos[0]["note"] and infos[1]["layers"] == 48
-    video_low, shared = _split(low)
-    video_high, _ = _split(high)
-    ref = mova_tiny()
-    apply_loras(ref, [_combined(tmp_path, {"low": video_low, "high": video_high, "shared": shared})])
-    for expert in (LOW, HIGH):
-        assert torch.equal(tiny_output(model, expert=expert), tiny_output(ref, expert=expert)), expert
+    _assert_pair_is_one_adapter(tmp_path, model, low, high, shared_from=low)
 
 
 def test_pair_with_warm_started_shared_set_uses_the_descendant(tmp_path):
@@ -113,12 +109,7 @@ def test_pair_with_warm_started_shared_set_uses_the_descendant(tmp_path):
     model = mova_tiny()
     infos = apply_loras(model, [high, low])  # order does not matter
     assert "warm-started from it" in infos[1]["note"]
-    video_low, _ = _split(low)
-    video_high, shared_high = _split(high)
-    ref = mova_tiny()
-    apply_loras(ref, [_combined(tmp_path, {"low": video_low, "high": video_high, "shared": shared_high})])
-    for expert in (LOW, HIGH):
-        assert torch.equal(tiny_output(model, expert=expert), tiny_output(ref, expert=expert)), expert
+    _assert_pair_is_one_adapter(tmp_path, model, low, high, shared_from=high)
 
 
 def test_independent_pair_is_refused_with_the_fix(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny import tiny_inputs, tiny_output
+from helpers.tiny import fill_lora, tiny_inputs, tiny_output
 from safetensors.torch import load_file
 
 from mova_train.models import mova_tiny
@@ -29,11 +29,7 @@ SPEC = LoraSpec(rank=4, alpha=8, preset="attn_ffn")
 def _trained(spec: LoraSpec = SPEC, experts=("video_dit", "video_dit_2")):
     model = mova_tiny(experts=experts)
     inject_lora(model, spec)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_" in name:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    fill_lora(model, seed=3)
     return model
 
 

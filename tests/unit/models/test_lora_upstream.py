@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny import tiny_output
+from helpers.tiny import fill_lora, tiny_output
 
 from mova_train.models.builders import mova_tiny
 from mova_train.models.lora import LoraError, LoraSpec, inject_lora, lora_state_dict
@@ -19,11 +19,7 @@ def trained(tmp_path_factory):
     model = mova_tiny(seed=1)
     spec = LoraSpec(rank=4, alpha=8.0, preset="attn_ffn")
     inject_lora(model, spec)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_" in name:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    fill_lora(model, seed=1, scale=0.2)
     save_lora(tmp / "lora.safetensors", model, spec)
     export_upstream(tmp / "upstream", lora_state_dict(model), spec.rank, spec.alpha)
     return tmp, tiny_output(model), lora_state_dict(model), spec
