@@ -39,6 +39,18 @@ def _run(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess
     return proc
 
 
+def _predict(tmp_path: Path, *overrides: str) -> Path:
+    """`python -m mova_train.predict +recipe=predict_tiny_cpu` (2 steps) with ``overrides``; its run folder."""
+    predict_dir = tmp_path / "predict"
+    args = [
+        "+recipe=predict_tiny_cpu",
+        f"paths.output_root={tmp_path / 'outputs'}",
+        f"hydra.run.dir={predict_dir}",
+    ]
+    _run("mova_train.predict", [*args, "sampling.steps=2", *overrides], cwd=tmp_path)
+    return predict_dir
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
@@ -106,18 +118,7 @@ def test_one_expert_at_a_time_then_predict_with_the_pair(data_dir: Path, tmp_pat
     assert meta_low.experts == ["video_dit_2"] and meta_high.experts == ["video_dit"]
     assert meta_high.shared_checksum == meta_low.shared_checksum  # frozen in the second run
     assert meta_high.shared_experts == ["video_dit", "video_dit_2"]
-    predict_dir = tmp_path / "predict"
-    _run(
-        "mova_train.predict",
-        [
-            "+recipe=predict_tiny_cpu",
-            f"paths.output_root={tmp_path / 'outputs'}",
-            f"hydra.run.dir={predict_dir}",
-            "sampling.steps=2",
-            f"lora.adapters=[{{path: {low}}}, {{path: {high}}}]",
-        ],
-        cwd=tmp_path,
-    )
+    predict_dir = _predict(tmp_path, f"lora.adapters=[{{path: {low}}}, {{path: {high}}}]")
     (sidecar,) = sorted(predict_dir.rglob("*.json"))
     loras = json.loads(sidecar.read_text())["lora"]
     assert [entry["experts"] for entry in loras] == [["video_dit_2"], ["video_dit"]]
@@ -141,18 +142,7 @@ def test_full_finetune_through_the_entry_point_then_predict_with_the_component(
     )
     folder = tmp_path / "full" / "lora" / "components" / "dual_tower_bridge"
     assert (folder / "config.json").is_file() and (folder / "diffusion_pytorch_model.safetensors").is_file()
-    predict_dir = tmp_path / "predict"
-    _run(
-        "mova_train.predict",
-        [
-            "+recipe=predict_tiny_cpu",
-            f"paths.output_root={tmp_path / 'outputs'}",
-            f"hydra.run.dir={predict_dir}",
-            "sampling.steps=2",
-            f"model.components={{dual_tower_bridge: {folder}}}",
-        ],
-        cwd=tmp_path,
-    )
+    predict_dir = _predict(tmp_path, f"model.components={{dual_tower_bridge: {folder}}}")
     log = "".join(p.read_text() for p in predict_dir.glob("*.log"))
     assert f"loaded dual_tower_bridge weights from {folder}" in log
     assert sorted(predict_dir.rglob("*.mp4"))
