@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -90,3 +91,22 @@ class Recorder:
     def close(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+SIGMA_TOL = 1e-6
+TIMESTEP_TOL = 1e-3
+
+
+def assert_euler_step(got, exp: dict, where: str, t_from: str = "t_from", t_to: str = "t_to") -> None:
+    """One of our ``EulerStep``s against a golden step record: times to ``TIMESTEP_TOL``, sigmas and the Euler
+    factor to ``SIGMA_TOL``, the training-grid index exactly (``t_from`` / ``t_to``: the record's time keys;
+    a ``None`` next time means the last step)."""
+    assert got.t_from == pytest.approx(exp[t_from], abs=TIMESTEP_TOL), where
+    if exp[t_to] is None:
+        assert got.t_to is None, where
+    else:
+        assert got.t_to == pytest.approx(exp[t_to], abs=TIMESTEP_TOL), where
+    assert got.sigma_from == pytest.approx(exp["sigma_from"], abs=SIGMA_TOL), where
+    assert got.sigma_to == pytest.approx(exp["sigma_to"], abs=SIGMA_TOL), where
+    assert got.euler_factor == pytest.approx(exp["euler_factor"], abs=SIGMA_TOL), where
+    assert got.train_index == exp["train_grid_index_from"], where

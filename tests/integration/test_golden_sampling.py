@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.golden import SIGMA_TOL, TIMESTEP_TOL, assert_euler_step
 from safetensors.torch import load_file
 
 from mova_train.codecs.configs import DACConfig, VideoVAEConfig
@@ -26,8 +27,6 @@ from mova_train.sampling import first_frame_condition, sample
 from mova_train.schedulers.flow_match import FlowMatchScheduler, SchedulerConfig
 
 TOL = 1e-4
-SIGMA_TOL = 1e-6
-TIMESTEP_TOL = 1e-3
 CASES = ["sampling", "sampling_cfg1"]
 DENOISER_PARTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
 
@@ -96,16 +95,8 @@ def test_step_schedule_matches(run: GoldenRun) -> None:
     for got, exp, grid_sigma in zip(steps, run.meta["steps"], grid_sigmas.tolist(), strict=True):
         where = f"{run.name} step {exp['index']}"
         assert got.index == exp["index"] and got.expert == exp["expert"], where
-        assert got.t_from == pytest.approx(exp["timestep"], abs=TIMESTEP_TOL), where
+        assert_euler_step(got, exp, where, t_from="timestep", t_to="next_timestep")
         assert got.t_from == pytest.approx(exp["audio_timestep"], abs=TIMESTEP_TOL), where
-        if exp["next_timestep"] is None:
-            assert got.t_to is None, where
-        else:
-            assert got.t_to == pytest.approx(exp["next_timestep"], abs=TIMESTEP_TOL), where
-        assert got.sigma_from == pytest.approx(exp["sigma_from"], abs=SIGMA_TOL), where
-        assert got.sigma_to == pytest.approx(exp["sigma_to"], abs=SIGMA_TOL), where
-        assert got.euler_factor == pytest.approx(exp["euler_factor"], abs=SIGMA_TOL), where
-        assert got.train_index == exp["train_grid_index_from"], where
         assert grid_sigma == pytest.approx(exp["inference_grid_sigma"], abs=SIGMA_TOL), where
     assert sum(s.expert == "video_dit" for s in steps) == call["num_high_noise_steps"]
 

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.golden import SIGMA_TOL, TIMESTEP_TOL, assert_euler_step
 
 from mova_train.schedulers.flow_match import EulerStep, FlowMatchScheduler, SchedulerConfig
-
-SIGMA_TOL = 1e-6
-TIMESTEP_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +63,7 @@ def test_inference_grids_and_euler_steps(golden: dict, scheduler: FlowMatchSched
             where = f"{n} steps, step {i}"
             assert isinstance(got, EulerStep)
             assert got.index == i
-            assert got.t_from == pytest.approx(exp["t_from"], abs=TIMESTEP_TOL), where
-            if exp["t_to"] is None:
-                assert got.t_to is None, where
-            else:
-                assert got.t_to == pytest.approx(exp["t_to"], abs=TIMESTEP_TOL), where
-            assert got.sigma_from == pytest.approx(exp["sigma_from"], abs=SIGMA_TOL), where
-            assert got.sigma_to == pytest.approx(exp["sigma_to"], abs=SIGMA_TOL), where
-            assert got.euler_factor == pytest.approx(exp["euler_factor"], abs=SIGMA_TOL), where
-            assert got.train_index == exp["train_grid_index_from"], where
+            assert_euler_step(got, exp, where)
             assert got.expert == exp["expert"], where
         assert sum(s.expert == "video_dit" for s in steps) == ref["num_high_noise_steps"]
         used_minus_grid = max(abs(s.sigma_from - g) for s, g in zip(steps, sigmas.tolist(), strict=True))
