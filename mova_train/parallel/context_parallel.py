@@ -341,23 +341,12 @@ class UlyssesAttention(_CPAttention):
     Inside, exact attention runs on ``H/cp`` heads over the whole sequence.
     """
 
-    def __call__(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        num_heads: int,
-        key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Returns ``[B, n_q, H*d]``, this rank's slice of the attention output."""
-        if num_heads % self.cp.size:
-            raise ValueError(
-                f"{num_heads} attention heads cannot be split over context-parallel size {self.cp.size}"
-            )
-        return super().__call__(q, k, v, num_heads, key_padding_mask)
-
     def _parallel(self, q, k, v, num_heads, key_padding_mask):
         cp = self.cp
+        if num_heads % cp.size:
+            raise ValueError(
+                f"{num_heads} attention heads cannot be split over context-parallel size {cp.size}"
+            )
         if q.shape == k.shape:  # self-attention: one all-to-all for q, k and v
             qh, kh, vh = _seq_to_heads(torch.stack([q, k, v], dim=2), cp).unbind(2)
         else:
