@@ -116,3 +116,21 @@ def fill_lora(
     for name, p in model.named_parameters():
         if part in name and (p.requires_grad or not only_trainable):
             p.copy_(scale * torch.randn(p.shape, generator=g))
+
+
+def overfit(
+    model: torch.nn.Module, objective: Any, batch: dict[str, Any], steps: int, lr: float, video_fps: float
+) -> float:
+    """Train ``model`` on one fixed ``batch`` for ``steps`` AdamW steps (no weight decay, cosine LR to 0) with
+    ``objective`` (noise and timesteps from a generator seeded 0); returns the last loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(steps):
+        loss = objective(model, batch, step, gen, video_fps=video_fps).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+    return float(loss)

@@ -16,6 +16,7 @@ import logging
 
 import pytest
 import torch
+from helpers.tiny import overfit
 from helpers.two_clips import FPS, F, H, W, make_clip
 from helpers.two_clips import rel as _rel
 
@@ -66,17 +67,8 @@ def _train_and_sample(tmp_path_factory):
     batch["context"] = enc.text_encoder.encode([CAPTION]).expand(2, -1, -1)
     # one expert over (almost) the whole t range: boundary at t = 20 puts ~all grid indices on video_dit
     objective = FlowMatchingObjective(sched, expert_mode="single", expert="video_dit", boundary_timestep=20.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN_STEPS)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for step in range(TRAIN_STEPS):
-        loss = objective(model, batch, step, gen, video_fps=FPS).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr_sched.step()
-    log.info("final training loss %.4f", float(loss))
+    loss = overfit(model, objective, batch, TRAIN_STEPS, LR, video_fps=FPS)
+    log.info("final training loss %.4f", loss)
     return clips, untrained, sample_all()
 
 

@@ -30,6 +30,7 @@ import math
 
 import pytest
 import torch
+from helpers.tiny import overfit
 from helpers.two_clips import FPS, F, H, W, latent_tone
 
 from mova_train.codecs.encoders import tiny_encoders
@@ -77,18 +78,9 @@ def _train():
         a2v_first_frame=0.0, caption_dropout=0.4, independent_audio_timesteps=True,
     )  # fmt: skip
     objective.null_context = null[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN_STEPS)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for step in range(TRAIN_STEPS):
-        loss = objective(model, batch, step, gen, video_fps=FPS).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        lr_sched.step()
+    loss = overfit(model, objective, batch, TRAIN_STEPS, LR, video_fps=FPS)
     model.eval()
-    log.info("final training loss %.4f", float(loss))
+    log.info("final training loss %.4f", loss)
     return {"model": model, "clips": clips, "contexts": contexts, "null": null, "empty": empty, "enc": enc}
 
 
