@@ -133,16 +133,14 @@ def _corrupt_shard(shards, tmp_path, n_bad: int) -> str:
     return str(path)
 
 
+def _corrupt_stream(shards, tmp_path, corrupt: int, **skip) -> StreamConfig:
+    """A one-clip-per-batch raw stream (5 frames of 32 x 48) over a shard with ``corrupt`` undecodable samples."""
+    shard = _corrupt_shard(shards, tmp_path, corrupt)
+    return StreamConfig(shards=[shard], num_frames=5, height=32, width=48, batch_size=1, **skip)
+
+
 def test_corrupt_sample_is_skipped_and_counted(shards, tmp_path):
-    cfg = StreamConfig(
-        shards=[_corrupt_shard(shards, tmp_path, 1)],
-        num_frames=5,
-        height=32,
-        width=48,
-        batch_size=1,
-        max_skip_rate=0.6,
-        skip_rate_min_samples=1,
-    )
+    cfg = _corrupt_stream(shards, tmp_path, corrupt=1, max_skip_rate=0.6, skip_rate_min_samples=1)
     batches = list(ValStream(cfg))
     assert [b["key"] for b in batches] == [[next(iter_shard(resolve_shards(shards)[0]))["__key__"]]]
     assert batches[-1][STREAM_KEY]["skipped"] == {}  # counted after the only good batch
@@ -153,15 +151,7 @@ def test_corrupt_sample_is_skipped_and_counted(shards, tmp_path):
 
 
 def test_skip_rate_threshold_stops_with_a_clear_error(shards, tmp_path):
-    cfg = StreamConfig(
-        shards=[_corrupt_shard(shards, tmp_path, 3)],
-        num_frames=5,
-        height=32,
-        width=48,
-        batch_size=1,
-        max_skip_rate=0.5,
-        skip_rate_min_samples=2,
-    )
+    cfg = _corrupt_stream(shards, tmp_path, corrupt=3, max_skip_rate=0.5, skip_rate_min_samples=2)
     with pytest.raises(RuntimeError, match=r"bad0000000000001.*decode_error|max_skip_rate=0.5"):
         list(ValStream(cfg))
 
