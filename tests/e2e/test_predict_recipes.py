@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-KNOWN = {"predict_low_noise": (3,), "predict_pair": (3,)}
+KNOWN = {"predict_pair": (3,)}
 
 
 def _param(step: str) -> pytest.param:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from e2e import journey as j
-from e2e.known_issues import KnownIssue, known
+from e2e.known_issues import KnownIssue
 from e2e.workspace import Runs, Workspace, check_sample
 from safetensors import safe_open
 
@@ -50,7 +50,6 @@ def test_kill_9_mid_run_then_resume_last(workspace: Workspace, cache: Path) -> N
     assert _global_step(last) == step + 1
 
 
-@known(5)
 @pytest.mark.e2e_runs("full_bridge")
 def test_full_finetune_exports_a_component_folder_that_predict_uses(runs: Runs, release: Path) -> None:
     runs.train("full_bridge").check(5)
