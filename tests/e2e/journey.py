@@ -40,7 +40,11 @@ TRAIN_TINY_CPU = "python -m mova_train +recipe=tiny_cpu hydra.run.dir=outputs/ti
 TRAIN_LOW_NOISE = (
     f"python -m mova_train +recipe=lora_1gpu_80gb {RELEASE_DATA} hydra.run.dir=outputs/low_noise"
 )
-TRAIN_HIGH_NOISE = f"python -m mova_train +recipe=lora_1gpu_80gb {RELEASE_DATA} expert=video_dit hydra.run.dir=outputs/high_noise"
+# the second expert starts from the first run's file and keeps its shared (audio/bridge) adapters frozen
+TRAIN_HIGH_NOISE = (
+    f"python -m mova_train +recipe=lora_1gpu_80gb {RELEASE_DATA} expert=video_dit hydra.run.dir=outputs/high_noise "
+    "lora.init_from=outputs/low_noise/lora/lora.safetensors 'lora.freeze_groups=[shared]'"
+)
 TRAIN_DDP = f"python -m mova_train +recipe=lora_ddp {RELEASE_DATA} hydra.run.dir=outputs/lora_ddp"
 TRAIN_FSDP = f"python -m mova_train +recipe=lora_fsdp8 {RELEASE_DATA} hydra.run.dir=outputs/lora_fsdp8"
 TRAIN_LOW_RESOURCE = (
@@ -174,11 +178,14 @@ RECIPE_STEPS: dict[str, list[str]] = {
     ],
 }
 
+# run -> the runs whose files it reads (they finish first)
+TRAIN_NEEDS: dict[str, tuple[str, ...]] = {"high_noise": ("low_noise",)}
+
 # predict step -> (command parts, training runs whose LoRA it loads, frames of its mp4); folder outputs/<step>
 RELEASE_PREDICT = (PREDICT_CPU, TINY_PREDICT)
 PREDICT_RUNS: dict[str, tuple[tuple[str, ...], list[str], int]] = {
     "predict_tiny_cpu": ((PREDICT_TINY_CPU, "sampling.steps=2"), ["tiny_cpu"], 9),
     "predict_low_noise": ((PREDICT_LORA, *RELEASE_PREDICT), ["low_noise"], FRAMES),
-    "predict_pair": ((PREDICT_PAIR, *RELEASE_PREDICT), ["high_noise", "low_noise"], FRAMES),
+    "predict_pair": ((PREDICT_PAIR, *RELEASE_PREDICT), ["low_noise", "high_noise"], FRAMES),
     "predict_fsdp8": ((PREDICT_FSDP_LORA, *RELEASE_PREDICT), ["lora_fsdp8"], FRAMES),
 }

@@ -6,28 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 from e2e import journey as j
-from e2e.known_issues import KnownIssue, known
 from e2e.workspace import Runs, check_sample
 from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-KNOWN = {"predict_pair": (3,)}
-
 
 def _param(step: str) -> pytest.param:
-    items = KNOWN.get(step, ())
-    marks = [pytest.mark.e2e_runs(*j.PREDICT_RUNS[step][1]), *([known(*items)] if items else [])]
-    return pytest.param(step, marks=marks, id=step)
+    return pytest.param(step, marks=pytest.mark.e2e_runs(*j.PREDICT_RUNS[step][1]), id=step)
 
 
 @pytest.mark.parametrize("step", [_param(s) for s in j.PREDICT_RUNS])
 def test_predict_recipe_with_trained_lora(runs: Runs, step: str) -> None:
     parts, trained, frames = j.PREDICT_RUNS[step]
-    items = KNOWN.get(step, ())
     for name in trained:
-        runs.train(name).check(*items)
-    runs.workspace.run(*parts).check(*items)
+        runs.train(name).check()
+    runs.workspace.run(*parts).check()
     sidecar = check_sample(runs.dir(step) / "samples", frames)
     loaded = sorted((runs.workspace.root / entry["path"]).resolve() for entry in sidecar["lora"])
     assert loaded == sorted((runs.dir(name) / "lora" / "lora.safetensors").resolve() for name in trained)
@@ -35,17 +29,18 @@ def test_predict_recipe_with_trained_lora(runs: Runs, step: str) -> None:
         assert sidecar["request"]["first_frame"].endswith("media/single_person.jpg")
 
 
-@known(9)
 @pytest.mark.e2e_runs("low_noise", "high_noise")
 def test_expert_pair_shares_one_audio_and_bridge_adapter(runs: Runs) -> None:
-    """The second single-expert run must not train a second, independent audio/bridge adapter: loading the
-    pair would add both deltas to the same weights."""
+    """The second single-expert run (README: `lora.init_from` + `freeze_groups=[shared]`) keeps the first run's
+    audio/bridge adapters: the pair carries one shared set, and each file one video expert."""
     for name in ("low_noise", "high_noise"):
         runs.train(name).check()
     low, high = (load_file(runs.dir(n) / "lora" / "lora.safetensors") for n in ("low_noise", "high_noise"))
     shared = sorted(k for k in low.keys() & high.keys() if k.startswith(("audio_dit.", "dual_tower_bridge.")))
+    assert shared, "the pair's files share no audio/bridge adapter tensors"
     different = [k for k in shared if not torch.equal(low[k], high[k])]
-    if different:
-        raise KnownIssue(
-            f"issue 9 item 9: {len(different)} shared adapter tensors differ, e.g. {different[:3]}"
-        )
+    assert not different, f"{len(different)} shared adapter tensors differ, e.g. {different[:3]}"
+    assert not any(k.startswith("video_dit_2.") for k in high) and any(
+        k.startswith("video_dit.") for k in high
+    )
+    assert not any(k.startswith("video_dit.") for k in low) and any(k.startswith("video_dit_2.") for k in low)

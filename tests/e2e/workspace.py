@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e.journey import MULTI_PROCESS, REPO, TRAIN_RUNS
+from e2e.journey import MULTI_PROCESS, REPO, TRAIN_NEEDS, TRAIN_RUNS
 from e2e.known_issues import ISSUE_9, KnownIssue
 
 PARALLEL = 2  # commands at a time: each spends most of its time importing on one core
@@ -140,8 +140,16 @@ class Runs:
 
     def _submit(self, name: str) -> Future[Result]:
         if name not in self.futures:
+            # a run's inputs are submitted before it: the pool takes tasks in order, so they never wait on it
+            needs = [self._submit(dep) for dep in TRAIN_NEEDS.get(name, ())]
             threads = 1 if name in MULTI_PROCESS else None
-            self.futures[name] = self.pool.submit(self.workspace.run, *TRAIN_RUNS[name], threads=threads)
+
+            def run() -> Result:
+                for dep in needs:
+                    dep.result().check()
+                return self.workspace.run(*TRAIN_RUNS[name], threads=threads)
+
+            self.futures[name] = self.pool.submit(run)
         return self.futures[name]
 
     def prefetch(self, names: Iterable[str]) -> None:
