@@ -83,7 +83,7 @@ UPSTREAM = {
 }
 ACTIVATION_ROWS = ("one unit", "saved activations", "streams", "checkpoint")
 """Device rows of :class:`~mova_train.estimate.memory.MemoryEstimate` that hold activations."""
-UPSTREAM_SAMPLING_S = 9.0  # s per sampling step, H100 (spec §10.2)
+UPSTREAM_SAMPLING_S = 9.0  # s per sampling step, H100 (docs/model.md §10.2)
 
 
 class Check:
@@ -388,7 +388,7 @@ def offload_section(c: Check, tiny: bool) -> None:
 
 
 def optimizer_section(c: Check, tiny: bool) -> None:
-    from mova_train.lit.optim import adamw8bit
+    from bitsandbytes.optim import AdamW8bit
 
     cfg = slice_config(1, tiny=tiny)
     model = build_slice(cfg, c.device, torch.bfloat16, RANK, PRESET)
@@ -402,7 +402,7 @@ def optimizer_section(c: Check, tiny: bool) -> None:
     c.add("optimizer", "LoRA parameters (one expert, r16, upstream set)", f"{n / 1e6:.1f} M")
     for name, make in (
         ("AdamW", lambda ps: torch.optim.AdamW(ps, lr=1e-4)),
-        ("AdamW8bit (bitsandbytes)", lambda ps: adamw8bit(ps, lr=1e-4)),
+        ("AdamW8bit (bitsandbytes)", lambda ps: AdamW8bit(ps, lr=1e-4)),
     ):
         opt = make(params)
         for p in params:

@@ -185,7 +185,7 @@ def folder_scheduler(
     extra_one_step: bool | None = None,
     exact_euler_steps: bool = False,
 ) -> Any:
-    """The `FlowMatchScheduler` of a release folder, from its ``scheduler/scheduler_config.json`` (spec §1.8).
+    """The `FlowMatchScheduler` of a release folder, from its ``scheduler/scheduler_config.json`` (docs/model.md §1).
 
     Args:
         root: The release folder.

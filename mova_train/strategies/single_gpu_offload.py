@@ -32,7 +32,7 @@ __all__ = ["SingleGPUOffloadStrategy"]
 class SingleGPUOffloadStrategy(MovaSingleDeviceStrategy):
     """:class:`SingleDeviceStrategy` that streams the frozen block weights (see the module docstring).
 
-    ``conf/strategy/single_gpu_offload.yaml`` holds upstream's low-resource defaults (spec §10.3): checkpointing
+    ``conf/strategy/single_gpu_offload.yaml`` holds upstream's low-resource defaults (docs/model.md §10.3): checkpointing
     with activation offload, one unit prefetched, lossless storage (upstream stores fp8: ``storage: fp8``).
 
     Args:
