@@ -95,7 +95,8 @@ def load() -> str:
 
 def make_batches(size: Size, count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """``count`` batches in the objective's layout (``latents_from_cached`` passes them through) that fit
-    ``tiny_config(**size.model)``."""
+    ``tiny_config(**size.model)``.
+    """
     cfg = tiny_config(**size.model)
     cv, ca, dt = cfg.video_dit.out_dim, cfg.audio_dit.in_dim, cfg.video_dit.text_dim
     g = torch.Generator().manual_seed(seed)

@@ -34,7 +34,7 @@ DIFFSYNTH_PIPE = {
 
 
 def measure(rank: int, alpha: float, folder: Path) -> dict[str, float]:
-    """max |diff| per tool and for the round trip."""
+    """Max |diff| per tool and for the round trip."""
     base, tensors, alphas = random_lora(rank, alpha)
     reference = reference_merged(rank, alpha)
     for fmt in ("diffsynth", "comfyui", "comfyui_wan"):

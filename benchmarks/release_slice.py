@@ -110,7 +110,8 @@ def unit_inputs(
 
 def run_unit(model: MovaDualTower, x: UnitInputs, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bridge layer ``layer``, then video block and audio block ``layer`` (the forward's interleaving), through
-    ``model._run`` so that gradient checkpointing applies as in training. Returns the updated streams."""
+    ``model._run`` so that gradient checkpointing applies as in training. Returns the updated streams.
+    """
     v, a = model._run(model.dual_tower_bridge, layer, x.video, x.audio, x.rope, 1.0, None, None)
     v = model._run(model.video_dit.blocks[layer], v, x.video_ctx, x.video_mod, x.video_freqs, None)
     a = model._run(model.audio_dit.blocks[layer], a, x.audio_ctx, x.audio_mod, x.audio_freqs, None)

@@ -70,7 +70,8 @@ def _deterministic_torch():
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the test: tiny models gain nothing from more, and on a busy 2-core machine
-    OpenMP spinning costs seconds (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    OpenMP spinning costs seconds (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``).
+    """
     import torch
 
     threads = torch.get_num_threads()

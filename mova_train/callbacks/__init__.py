@@ -1,6 +1,7 @@
 """Lightning callbacks: the predict-loop `SampleWriter`, the training-time `ValidationSampling`, the checkpoint
 plumbing (`MovaModelCheckpoint`, `SigtermCheckpoint` in `callbacks.checkpointing`), the exports of what a run trained
-(`LoraExport` in `callbacks.lora_export`) and per-group LoRA gradient norms (`LoraGradNorms`)."""
+(`LoraExport` in `callbacks.lora_export`) and per-group LoRA gradient norms (`LoraGradNorms`).
+"""
 
 from mova_train.callbacks.checkpointing import MovaModelCheckpoint, SigtermCheckpoint
 from mova_train.callbacks.lora_export import LoraExport

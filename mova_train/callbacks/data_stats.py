@@ -19,7 +19,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 class DataStats(Callback):
     """Log the datamodule's skip counters every `every_n_steps` optimizer steps (default: the trainer's
-    `log_every_n_steps`). A datamodule without `skip_stats` logs nothing."""
+    `log_every_n_steps`). A datamodule without `skip_stats` logs nothing.
+    """
 
     def __init__(self, every_n_steps: int | None = None) -> None:
         super().__init__()

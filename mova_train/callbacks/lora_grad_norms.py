@@ -29,7 +29,8 @@ def group_grad_norms(
     model: torch.nn.Module, full_finetune: tuple[str, ...] | list[str] = ()
 ) -> dict[str, float]:
     """L2 norm of the gradients per LoRA group and per fully fine-tuned component (parameters without a
-    gradient are skipped; a group without any is absent)."""
+    gradient are skipped; a group without any is absent).
+    """
     squares: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         if p.grad is None:

@@ -54,7 +54,7 @@ class ResidualUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, dim, T] -> [B, dim, T]."""
+        """X [B, dim, T] -> [B, dim, T]."""
         y = self.block(x)
         crop = (x.shape[-1] - y.shape[-1]) // 2
         if crop > 0:
@@ -82,7 +82,7 @@ class EncoderBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, dim // 2, T] -> [B, dim, T / stride]."""
+        """X [B, dim // 2, T] -> [B, dim, T / stride]."""
         return self.block(x)
 
 
@@ -113,7 +113,7 @@ class DecoderBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, in_dim, T] -> [B, out_dim, T * stride]."""
+        """X [B, in_dim, T] -> [B, out_dim, T * stride]."""
         return self.block(x)
 
 
@@ -130,7 +130,7 @@ class DACEncoder(nn.Module):
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, 1, T] (T a multiple of the hop) -> [B, latent_dim, T / hop]."""
+        """X [B, 1, T] (T a multiple of the hop) -> [B, latent_dim, T / hop]."""
         return self.block(x)
 
 
@@ -148,7 +148,7 @@ class DACDecoder(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, latent_dim, L] -> waveform [B, 1, L * hop] in [-1, 1]."""
+        """Z [B, latent_dim, L] -> waveform [B, 1, L * hop] in [-1, 1]."""
         return self.model(z)
 
 

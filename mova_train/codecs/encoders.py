@@ -27,7 +27,8 @@ __all__ = ["MovaEncoders", "latents_from_cached", "tiny_encoders"]
 def latents_from_cached(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The latent fields of a batch in the objective's layout (``video_latents``, ``cond`` (mask + condition
     latent), ``audio_latents``, ``context``, ``audio_mask``, ``empty_latents``; the names of
-    ``mova_train.data.schema.Batch``, which the cached datamodule already uses), checked for completeness."""
+    ``mova_train.data.schema.Batch``, which the cached datamodule already uses), checked for completeness.
+    """
     names = ("video_latents", "cond", "audio_latents", "context", "audio_mask", "empty_latents")
     out: dict[str, torch.Tensor] = {name: batch[name] for name in names if name in batch}
     missing = {"video_latents", "cond", "audio_latents", "context"} - set(out)

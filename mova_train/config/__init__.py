@@ -85,13 +85,15 @@ def experts_of(expert: str | None) -> list[str]:
 
 def expert_mode_of(expert: str | None, mode: str) -> str:
     """The objective's expert routing for the `expert` key (resolver `${mova.expert_mode:${expert},MODE}`):
-    `single` when one expert is chosen, else `mode` (`alternate` or `by_timestep`)."""
+    `single` when one expert is chosen, else `mode` (`alternate` or `by_timestep`).
+    """
     return mode if expert is None else "single"
 
 
 def negative_prompt() -> str:
     """Upstream's default negative prompt (resolver `${mova.negative_prompt:}`; defined once, in
-    `mova_train.sampling.requests.WAN_NEGATIVE_PROMPT`)."""
+    `mova_train.sampling.requests.WAN_NEGATIVE_PROMPT`).
+    """
     from mova_train.sampling.requests import WAN_NEGATIVE_PROMPT
 
     return WAN_NEGATIVE_PROMPT

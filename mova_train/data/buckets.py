@@ -154,7 +154,8 @@ def clip_frames(record: Mapping[str, Any], fps: float, max_frames: int) -> int:
 def resolution(aspect: float, pixels: int) -> tuple[int, int]:
     """`(height, width)`, multiples of 16 and at most `pixels` pixels, that best keep the aspect `width / height`
     and the pixel count: the least `2 |log(aspect error)| + |log(pixels lost)|` (exact for 352x640 at 16:9; at
-    tiny sizes the 16-pixel grid forces a compromise)."""
+    tiny sizes the 16-pixel grid forces a compromise).
+    """
     side = SIDE_MULTIPLE
     h0 = math.sqrt(pixels / aspect)
     best: tuple[float, int, int, int] | None = None

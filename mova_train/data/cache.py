@@ -103,7 +103,8 @@ class CacheSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (the optional `buckets`/`bucket_lengths`/`windows` only when set, so that
-        caches made before they existed keep their fingerprint)."""
+        caches made before they existed keep their fingerprint).
+        """
         out = dataclasses.asdict(self)
         for name in _OPTIONAL_SETTINGS:
             if out[name] is None:
@@ -552,5 +553,6 @@ def read_empty_latents(cache_dir: str | Path) -> dict[tuple[int, ...], torch.Ten
 
 def empty_latents_for(shard_url: str, latent_shape: Sequence[int]) -> torch.Tensor | None:
     """The empty-clip latent ``[z, T', H', W']`` for a sample of ``shard_url`` whose video latent has
-    ``latent_shape``, or None when its cache folder has none of that size."""
+    ``latent_shape``, or None when its cache folder has none of that size.
+    """
     return read_empty_latents(Path(shard_url).parent).get(tuple(latent_shape))

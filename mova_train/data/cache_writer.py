@@ -297,7 +297,8 @@ class ShardEncoder:
 
     def _batches(self, url: str, skipped: dict[str, list[dict[str, str]]], bar: Any) -> Iterator[list[dict]]:
         """Decoded windows in batches of one bucket, decoded one at a time; a failing window is skipped and
-        counted under its key (a clip that fits no window: under the clip's key)."""
+        counted under its key (a clip that fits no window: under the clip's key).
+        """
         pending: dict[Bucket, list[dict[str, Any]]] = {}
 
         def skip(key: str, err: Exception) -> None:
@@ -360,7 +361,8 @@ class ShardEncoder:
 
 def cache_buckets(settings: CacheSettings, urls: Sequence[str]) -> list[Bucket] | None:
     """The buckets of `settings.buckets="auto"`, proposed from every raw shard's records (the same on every rank),
-    or None for the settings' single size."""
+    or None for the settings' single size.
+    """
     if settings.buckets is None:
         return None
     if settings.buckets != AUTO_BUCKETS:

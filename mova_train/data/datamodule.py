@@ -218,7 +218,8 @@ class MovaDataModule(LightningDataModule):
     def stream_layout(self) -> dict[str, Any]:
         """What the training batches are made of besides seeds and positions (checked on resume): the bucket plan
         (buckets with their token-budget batch sizes) and the source shares, None when not used (so checkpoints
-        from before either existed still resume). Call after `setup`."""
+        from before either existed still resume). Call after `setup`.
+        """
         cfg = self._train.cfg if self._train is not None else None
         buckets = None
         if cfg is not None and cfg.bucket_batch:
@@ -282,7 +283,8 @@ class MovaDataModule(LightningDataModule):
     def skip_stats(self) -> dict[str, Any]:
         """Training-stream counters of this rank so far: `seen`, `skipped`, `by_reason` and the data-parallel
         `rank` (logged by the `DataStats` callback as `data/seen`, `data/skipped`, `data/skip_rate`,
-        `data/skipped/<reason>`)."""
+        `data/skipped/<reason>`).
+        """
         _, counters, _ = self.tracker.position()
         by_reason: dict[str, int] = {}
         for c in counters.values():

@@ -1,5 +1,6 @@
 """Summarize a folder of raw shards and draw a contact sheet of a few samples (behind
-`python -m data_tools.inspect_shards`)."""
+`python -m data_tools.inspect_shards`).
+"""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ BUCKET_OPTIONS = (
 
 def bucket_report(folder: str | Path, options: DataOptions) -> BucketPlan:
     """The automatic buckets of a shard folder (raw: proposed from its records; a latent cache: the sizes it was
-    encoded at) for `options`, with clips per bucket."""
+    encoded at) for `options`, with clips per bucket.
+    """
     index = schema.read_index(folder)
     plan = plan_buckets(
         dataclasses.replace(options, buckets="auto"),
@@ -221,7 +223,8 @@ def contact_sheet(
 
 def av_offsets(folder: str | Path, *, measure: bool = False, min_confidence: float = 0.3) -> list[float]:
     """The confident A/V offsets (ms) of a shard folder: from the records (`build_shards --av-audit`), or, with
-    `measure`, estimated now for records that lack one (`mova_train.data.av_sync`; decodes those clips)."""
+    `measure`, estimated now for records that lack one (`mova_train.data.av_sync`; decodes those clips).
+    """
     from mova_train.data.av_sync import estimate_clip_offset
 
     offsets = []

@@ -124,7 +124,8 @@ def resolve_shards(spec: str | Path | Sequence[str | Path]) -> list[str]:
 
 def shard_counts(urls: Sequence[str]) -> list[int]:
     """Samples per shard, from the folder's `index.json` when it lists the shard, else by reading tar headers
-    (an unreadable tar counts 0 samples, with a warning; the stream skips and counts it when it reads it)."""
+    (an unreadable tar counts 0 samples, with a warning; the stream skips and counts it when it reads it).
+    """
     from mova_train.data.schema import read_index
 
     counts: list[int] = []
@@ -265,7 +266,8 @@ def bucket_batches(
     samples: Iterable[tuple[Bucket, dict[str, Any]]], batch_size: int | Mapping[Bucket, int], flush: bool
 ) -> Iterator[tuple[Bucket, list[dict[str, Any]]]]:
     """Stage 3: emit `(bucket, samples)` whenever a bucket holds its batch size (one for all, or per bucket) of
-    samples; flush leftovers at the end."""
+    samples; flush leftovers at the end.
+    """
     pending: dict[Bucket, list[dict[str, Any]]] = {}
     for bucket, sample in samples:
         group = pending.setdefault(bucket, [])
@@ -336,7 +338,8 @@ def cached_stage(
     batch: list[dict[str, Any]], cfg: StreamConfig, counter: SkipCounter
 ) -> list[dict[str, Any]]:
     """Stage 4 (cached): read `latents.safetensors` (no decoding, no encoders); zero-pad text to `text_len`;
-    rebuild the 4 mask channels of the first-frame condition (`cond` = `[4 + z, T', H', W']`)."""
+    rebuild the 4 mask channels of the first-frame condition (`cond` = `[4 + z, T', H', W']`).
+    """
     from mova_train.data.cache import cond_with_mask, empty_latents_for, read_cached_sample
 
     out = []
@@ -389,7 +392,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _stack(values: list[torch.Tensor]) -> torch.Tensor:
     """`torch.stack`, straight into shared memory inside a DataLoader worker (as `default_collate` does), so
-    the batch is not copied again on its way to the main process (a 193-frame 360p clip is 132 MB)."""
+    the batch is not copied again on its way to the main process (a 193-frame 360p clip is 132 MB).
+    """
     if torch.utils.data.get_worker_info() is None:
         return torch.stack(values)
     numel = sum(v.numel() for v in values)
@@ -488,7 +492,8 @@ class TrainStream(IterableDataset):
 
     def _raw_samples(self, rng: random.Random, counter: SkipCounter) -> Iterator[dict[str, Any]]:
         """Resampled shards (drawn with replacement; per source when mixing) through a shuffle buffer; never
-        ends."""
+        ends.
+        """
         sources = self._sources()
         if len(sources) == 1:
             samples = self._shard_samples(sources[0], rng, counter)

@@ -318,7 +318,8 @@ def av_offset_too_large(record: ClipRecord, policy: ProbePolicy) -> bool:
 
 def record_flags(record: ClipRecord, policy: ProbePolicy | None = None) -> list[str]:
     """Return the `schema.FLAG_*` names that apply to a kept clip (worth knowing, not reasons to skip); with a
-    policy, also `av_offset` for a confidently measured offset above its limit."""
+    policy, also `av_offset` for a confidently measured offset above its limit.
+    """
     flags = []
     if not record.has_audio:
         flags.append(schema.FLAG_NO_AUDIO)

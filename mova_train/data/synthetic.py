@@ -83,7 +83,8 @@ def irregular_times(
     seconds: float, rng: random.Random, margin: float, gaps: tuple[float, float] = (0.25, 0.6)
 ) -> list[float]:
     """Event times in `[margin, seconds - margin]` separated by random gaps (no period for a correlation to lock
-    onto)."""
+    onto).
+    """
     times, t = [], margin + rng.uniform(0.0, gaps[0])
     while t <= seconds - margin:
         times.append(t)

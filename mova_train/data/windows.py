@@ -105,7 +105,8 @@ def first_start(
     record: Mapping[str, Any], num_frames: int, fps: float, not_before: float = 0.0
 ) -> float | None:
     """The earliest in-scene window start at or after `not_before` seconds: `not_before` itself for a clip without
-    cuts (the decoder checks the end), None when no scene holds the window there."""
+    cuts (the decoder checks the end), None when no scene holds the window there.
+    """
     if not record.get(SCENE_CUTS_KEY):
         return not_before
     window = num_frames / fps

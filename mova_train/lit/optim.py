@@ -112,7 +112,8 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
 ) -> LambdaLR:
     """Linear warmup over ``warmup_steps`` optimizer steps, then cosine to ``min_lr_ratio * lr`` at
-    ``total_steps`` (upstream's low-resource schedule, docs/model.md §10.3)."""
+    ``total_steps`` (upstream's low-resource schedule, docs/model.md §10.3).
+    """
     if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(
             f"warmup_cosine: need warmup_steps >= 0, total_steps >= 1, 0 <= min_lr_ratio <= 1; got "
@@ -131,7 +132,8 @@ def warmup_stable_decay(
     decay_shape: str = "linear",
 ) -> LambdaLR:
     """Warmup-stable-decay (the release's "wsd" schedule): warmup, plateau, decay over the last
-    ``decay_steps`` (default ``decay_ratio * total_steps``) optimizer steps."""
+    ``decay_steps`` (default ``decay_ratio * total_steps``) optimizer steps.
+    """
     if decay_shape not in ("linear", "cosine", "sqrt"):
         raise ValueError(f"warmup_stable_decay: decay_shape must be linear/cosine/sqrt, got {decay_shape!r}")
     decay = int(round(decay_ratio * total_steps)) if decay_steps is None else int(decay_steps)

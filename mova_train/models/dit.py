@@ -70,7 +70,8 @@ class SelfAttention(AttentionProjections):
         self, x: torch.Tensor, freqs: torch.Tensor, key_padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Args: x ``[B, L, D]``; freqs ``[L, d/2]`` complex128; key_padding_mask: optional bool mask of real
-        keys, passed to ``attention_core`` (context parallelism). Returns ``[B, L, D]``."""
+        keys, passed to ``attention_core`` (context parallelism). Returns ``[B, L, D]``.
+        """
         q = apply_complex_rope(self.norm_q(self.q(x)), freqs, self.num_heads)
         k = apply_complex_rope(self.norm_k(self.k(x)), freqs, self.num_heads)
         return self.o(self.attention_core(q, k, self.v(x), self.num_heads, key_padding_mask=key_padding_mask))

@@ -465,7 +465,7 @@ def base_fingerprint(source: nn.Module | Mapping[str, str] | str | Path, samples
 
 
 def _rescale(layer: nn.Module, on: bool = True) -> None:
-    """scaling = alpha / r x strength (per file and group) x temporary factor x expert gate."""
+    """Scaling = alpha / r x strength (per file and group) x temporary factor x expert gate."""
     base = float(layer.lora_alpha[ADAPTER]) / float(layer.r[ADAPTER])
     strength = getattr(layer, "_mova_strength", 1.0) * getattr(layer, "_mova_factor", 1.0)
     layer.scaling[ADAPTER] = base * strength * float(on)

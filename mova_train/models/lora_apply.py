@@ -128,7 +128,8 @@ def file_fingerprint(path: str | Path) -> str:
 
 def read_adapter(entry: AdapterEntry, model: nn.Module | None = None) -> LoraWeights:
     """Read the file of an entry: our safetensors, upstream's ``.pt`` layouts, else the other tools' formats
-    (``mova_train.models.lora_formats.read_foreign_lora``: DiffSynth, ComfyUI, kohya, PEFT)."""
+    (``mova_train.models.lora_formats.read_foreign_lora``: DiffSynth, ComfyUI, kohya, PEFT).
+    """
     path = entry.path
     if not path.exists():
         raise LoraError(f"LoRA {path} does not exist; fix the path in lora.adapters")

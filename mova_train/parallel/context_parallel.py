@@ -91,7 +91,8 @@ class ContextParallel:
 
     def padding_mask(self, n: int, device: torch.device) -> torch.Tensor | None:
         """Bool ``[1, cp * ceil(n / cp)]`` mask of the real tokens of a gathered sequence, or None when
-        there is no padding (or masking is off)."""
+        there is no padding (or masking is off).
+        """
         n_pad = self.size * math.ceil(n / self.size)
         if n_pad == n or not self.mask_padding:
             return None
@@ -431,7 +432,8 @@ def _sharded_modules(model: nn.Module, audio_mode: str) -> list[tuple[str, nn.Mo
 
 def allowed_cp_sizes(model: nn.Module, audio: str = "auto") -> list[int]:
     """Context-parallel sizes this model accepts (release: ``[1, 2, 4, 5, 8, 10, 20, 40]`` with ``auto``,
-    ``[1, 2, 4]`` with ``audio="shard"``)."""
+    ``[1, 2, 4]`` with ``audio="shard"``).
+    """
     out = []
     video = max(m.num_heads for _, role, m in _attention_modules(model) if role == "video_self")
     for c in range(1, video + 1):

@@ -169,7 +169,8 @@ class MovaGenerator:
 
     def _boundary(self, video_held: bool = False) -> float:
         """Expert switch for the experts actually loaded (one-expert models run that expert throughout); a held
-        (clean, t = 0) video runs the low-noise expert from the first step when it is loaded."""
+        (clean, t = 0) video runs the low-noise expert from the first step when it is loaded.
+        """
         if self._deleted:
             raise ValueError(
                 "release_high_noise='delete' removed the high-noise expert after the first batch; use "

@@ -139,7 +139,8 @@ class Request:
 
     def content(self) -> dict[str, Any]:
         """Every field except ``id`` (what the hash covers); absent media are left out, so requests without
-        media keep the ids they had before media existed."""
+        media keep the ids they had before media existed.
+        """
         d = dataclasses.asdict(self)
         d.pop("id")
         for name in _MEDIA:

@@ -191,7 +191,8 @@ class MovaFSDP2Strategy(ActivationOffload, ModelParallelStrategy):
 
     def estimator_shape(self, devices: Any = 1, num_nodes: Any = 1) -> dict[str, Any]:
         """This strategy in the memory estimator's vocabulary: FSDP2 shards over the flattened (dp, cp) mesh, so
-        every device holds 1/world of the weights (``dp`` is the sharding degree dp x cp)."""
+        every device holds 1/world of the weights (``dp`` is the sharding degree dp x cp).
+        """
         cp = self.context_parallel_size
         dp = self._data_parallel_size
         dp = max(planned_world(devices, num_nodes) // cp, 1) if dp in (None, "auto") else int(dp)

@@ -26,7 +26,8 @@ def _first_env(names: tuple[str, ...], default: int) -> int:
 
 def rank_world() -> tuple[int, int]:
     """``(global rank, world size)``: torch.distributed if initialised, else the launcher's environment, else
-    ``(0, 1)``."""
+    ``(0, 1)``.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -1,5 +1,6 @@
 """Session fixtures of the end-to-end tier: one workspace with the release folder, the data and its cache, and
-every training run made at most once (started ahead in the background for the tests that are selected)."""
+every training run made at most once (started ahead in the background for the tests that are selected).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _clips_and_shards(workspace: Workspace) -> None:
 @pytest.fixture(scope="session")
 def cache(request: pytest.FixtureRequest, workspace: Workspace) -> Path:
     """Prepare -> shard -> cache: synthetic clips and upstream's sample, both cached with the release's codecs
-    (the clips are made and sharded while the release folder is written)."""
+    (the clips are made and sharded while the release folder is written).
+    """
     with ThreadPoolExecutor(1) as pool:
         shards = pool.submit(_clips_and_shards, workspace)
         request.getfixturevalue("release")

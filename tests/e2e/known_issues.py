@@ -15,7 +15,8 @@ import pytest
 @dataclass(frozen=True)
 class Issue:
     """An open item: what a user sees, and the text in a command's output that identifies it (None: the test
-    raises `KnownIssue` itself)."""
+    raises `KnownIssue` itself).
+    """
 
     what: str
     symptom: str | None

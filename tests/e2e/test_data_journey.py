@@ -1,5 +1,6 @@
 """Prepare -> shard -> cache through the commands users type: synthetic clips and upstream's real sample clip,
-packed from upstream's metadata.json format and encoded with the release folder's own codecs."""
+packed from upstream's metadata.json format and encoded with the release folder's own codecs.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The journey's last step: the trained LoRA exported for other tools (`python -m mova_train.export_lora`), and
-the merged release-layout folder sampled by our own predict as a model folder."""
+the merged release-layout folder sampled by our own predict as a model folder.
+"""
 
 from __future__ import annotations
 

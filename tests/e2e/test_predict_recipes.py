@@ -1,5 +1,6 @@
 """Every predict recipe with the LoRA that training wrote (and with a high-noise + low-noise pair), ending in an
-mp4 whose video and audio streams ffprobe reads."""
+mp4 whose video and audio streams ffprobe reads.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def test_predict_recipe_with_trained_lora(runs: Runs, step: str) -> None:
 @pytest.mark.e2e_runs("low_noise", "high_noise")
 def test_expert_pair_shares_one_audio_and_bridge_adapter(runs: Runs) -> None:
     """The second single-expert run (README: `lora.init_from` + `freeze_groups=[shared]`) keeps the first run's
-    audio/bridge adapters: the pair carries one shared set, and each file one video expert."""
+    audio/bridge adapters: the pair carries one shared set, and each file one video expert.
+    """
     for name in ("low_noise", "high_noise"):
         runs.train(name).check()
     low, high = (load_file(runs.dir(n) / "lora" / "lora.safetensors") for n in ("low_noise", "high_noise"))

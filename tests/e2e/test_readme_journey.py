@@ -1,5 +1,6 @@
 """The README's "Journey" commands are the commands this tier runs: each fenced command of that section is one of
-tests/e2e/journey.py's command strings, and each of those is run by an e2e test (so neither can drift)."""
+tests/e2e/journey.py's command strings, and each of those is run by an e2e test (so neither can drift).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The tier's model folder is a release folder: the libraries that write the release read it back with their own
-loaders, and its files are laid out as docs/model.md §1 describes (so the journey runs on what users download)."""
+loaders, and its files are laid out as docs/model.md §1 describes (so the journey runs on what users download).
+"""
 
 from __future__ import annotations
 

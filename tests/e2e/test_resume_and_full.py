@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-training resumes with `ckpt_path=last`; a full fine-tune exports the component
-it trained as a release-layout folder that predict samples with."""
+it trained as a release-layout folder that predict samples with.
+"""
 
 from __future__ import annotations
 

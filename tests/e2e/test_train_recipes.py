@@ -1,5 +1,6 @@
 """Every training recipe in conf/recipe/, run as users type it on the release-layout folder and the cache, with
-only device and size overrides; multi-process recipes on 2 gloo processes with their own strategies."""
+only device and size overrides; multi-process recipes on 2 gloo processes with their own strategies.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def test_recipe_trains_and_exports_its_lora(runs: Runs, name: str) -> None:
 def test_lipsync_recipe_trains_the_video_side_only(runs: Runs) -> None:
     """The lip-sync recipe's claims: the audio-side LoRA groups (audio tower, bridge video->audio) never train
     (their B stays zero, the file lists them frozen) while the video side does, and validation at the end of fit
-    samples each trained mode (a2v, i2av, t2av) with the first training clip's media."""
+    samples each trained mode (a2v, i2av, t2av) with the first training clip's media.
+    """
     runs.train("lora_lipsync").check()
     run = runs.dir("lora_lipsync")
     lora = read_lora(run / "lora" / "lora.safetensors")

@@ -1,5 +1,6 @@
 """Typing the journey: a scratch folder in which commands run as a user's shell runs them, the session's training
-runs (each started once, independent ones two at a time), and checks of what they write."""
+runs (each started once, independent ones two at a time), and checks of what they write.
+"""
 
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ def ffprobe(path: Path) -> dict[str, dict]:
 
 def check_sample(folder: Path, frames: int) -> dict:
     """The one mp4 + sidecar in ``folder``: H.264 video of ``frames`` frames and a 48 kHz mono AAC track of the
-    same length; returns the sidecar."""
+    same length; returns the sidecar.
+    """
     mp4s = sorted(folder.glob("*.mp4"))
     listing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no folder"
     assert len(mp4s) == 1, f"{folder}: {listing}"

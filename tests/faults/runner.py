@@ -1,5 +1,6 @@
 """Running ``python -m mova_train`` as a user does, for the fault tests: a subprocess in its own process group
-(so a kill reaches every process it started), the tiny default config, one thread per process."""
+(so a kill reaches every process it started), the tiny default config, one thread per process.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The README's resume commands (issue 14 item 9), run as written plus tiny overrides: a named run folder resumes
 with `ckpt_path=last`; `ckpt_path=last` in a fresh folder (the default, time-stamped) is an error naming the
 folder it looked in and `hydra.run.dir`; a folder held by a live run is refused naming it and the holder pid;
-each resume keeps the earlier loss log (issue 14 item 7)."""
+each resume keeps the earlier loss log (issue 14 item 7).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Issue 9 item 8 / issue 10 item 2 through the entry point: an FSDP2 run on 2 gloo processes writes a
 distributed-checkpoint folder; `python -m mova_train ckpt_path=<folder>` resumes it under `strategy=ddp` (2
 processes) and under one process with bit-identical trainable weights and optimizer state. Before the one
-checkpoint IO, `strategy=ddp` stopped with "checkpoint_io set through both strategy class and plugins"."""
+checkpoint IO, `strategy=ddp` stopped with "checkpoint_io set through both strategy class and plugins".
+"""
 
 from __future__ import annotations
 

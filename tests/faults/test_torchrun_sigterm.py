@@ -1,7 +1,8 @@
 """Issue 14 item 6 under torchrun: SIGTERM to the torchrun agent (what a scheduler sends) is forwarded to both
 workers, which finish the gradient accumulation, save `sigterm.ckpt` and exit with 143 well within the agent's
 30 s grace period (before: a collective inside Lightning's signal handler stalled them until the agent's
-SIGKILL). `ckpt_path=last` then resumes from `sigterm.ckpt` (it is newer than `last.ckpt`)."""
+SIGKILL). `ckpt_path=last` then resumes from `sigterm.ckpt` (it is newer than `last.ckpt`).
+"""
 
 from __future__ import annotations
 

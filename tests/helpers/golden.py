@@ -39,7 +39,8 @@ class Golden:
 def comparable(ref: torch.Tensor, out: torch.Tensor) -> bool:
     """Whether ``out`` can be checked against ``ref``: the same shape, or the same but for the leading batch
     dimension, which one side has once (``[1, ...]``: the original computes a quantity once per call, e.g. the
-    time embedding of a shared timestep) and the other per sample (``[B, ...]``)."""
+    time embedding of a shared timestep) and the other per sample (``[B, ...]``).
+    """
     if out.shape == ref.shape:
         return True
     return (
@@ -51,7 +52,8 @@ def assert_close_all(
     expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], tol: float = TOL
 ) -> None:
     """Every expected tensor must be present in ``got`` with max |diff| <= tol, compared with broadcasting over
-    the batch dimension where one side holds it once (:func:`comparable`): every sample must then match."""
+    the batch dimension where one side holds it once (:func:`comparable`): every sample must then match.
+    """
     missing = sorted(set(expected) - set(got))
     assert not missing, f"not produced: {missing}"
     errors = {}
@@ -78,7 +80,8 @@ class Recorder:
 
     def watch_tower(self, tower, prefix: str = "") -> None:
         """Record the standard tower intermediates (``t_emb``, ``t_mod``, ``context_emb``, ``tokens_in``,
-        ``block_i_out``, ``head_out``) with an optional name prefix."""
+        ``block_i_out``, ``head_out``) with an optional name prefix.
+        """
         dim = tower.dim
         self.watch(tower.time_embedding, f"{prefix}t_emb")
         self.watch(tower.time_projection, f"{prefix}t_mod", lambda o: o.unflatten(1, (6, dim)))
@@ -100,7 +103,8 @@ TIMESTEP_TOL = 1e-3
 def assert_euler_step(got, exp: dict, where: str, t_from: str = "t_from", t_to: str = "t_to") -> None:
     """One of our ``EulerStep``s against a golden step record: times to ``TIMESTEP_TOL``, sigmas and the Euler
     factor to ``SIGMA_TOL``, the training-grid index exactly (``t_from`` / ``t_to``: the record's time keys;
-    a ``None`` next time means the last step)."""
+    a ``None`` next time means the last step).
+    """
     assert got.t_from == pytest.approx(exp[t_from], abs=TIMESTEP_TOL), where
     if exp[t_to] is None:
         assert got.t_to is None, where

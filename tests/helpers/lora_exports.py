@@ -109,7 +109,7 @@ def reference_merged(rank: int, alpha: float, seed: int = 1, experts: tuple[str,
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """max |a - b| over the tensors of two state dicts with the same keys."""
+    """Max |a - b| over the tensors of two state dicts with the same keys."""
     assert set(a) == set(b), (sorted(set(a) ^ set(b)))[:5]
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 

@@ -1,6 +1,7 @@
 """A callback the fault and resume tests add from the command line (``+callbacks.record._target_=...``): it writes
 the trainable weights and the optimizer state of rank 0 to a file when training starts (after a resume restored
-them) and when it ends, so a subprocess run can be compared bit for bit with another."""
+them) and when it ends, so a subprocess run can be compared bit for bit with another.
+"""
 
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ class TinySamples(Dataset):
 
 class DeterministicLit(MovaLitModule):
     """MovaLitModule whose noise and timesteps come with the samples, so a global batch gives the same loss
-    whatever its split over ranks (the real module draws per-rank noise)."""
+    whatever its split over ranks (the real module draws per-rank noise).
+    """
 
     def __init__(self) -> None:
         super().__init__(

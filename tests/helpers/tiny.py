@@ -100,7 +100,8 @@ def cpu_trainer(**kwargs: Any) -> Trainer:
 @torch.no_grad()
 def tiny_output(model: torch.nn.Module, **kwargs: Any) -> torch.Tensor:
     """The video and audio velocities of ``model`` (in eval mode) on ``tiny_inputs(**kwargs)``, flattened into
-    one vector (for equality checks between two models)."""
+    one vector (for equality checks between two models).
+    """
     video, audio = model.eval()(**tiny_inputs(**kwargs))
     return torch.cat([video.flatten(), audio.flatten()])
 
@@ -111,7 +112,8 @@ def fill_lora(
 ) -> None:
     """Stand-in for training: every LoRA parameter whose name holds ``part`` (``".lora_B."``: B only) set to
     ``scale`` x standard-normal draws of one generator seeded ``seed``, in parameter order; with
-    ``only_trainable`` only those that require grad."""
+    ``only_trainable`` only those that require grad.
+    """
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if part in name and (p.requires_grad or not only_trainable):
@@ -122,7 +124,8 @@ def overfit(
     model: torch.nn.Module, objective: Any, batch: dict[str, Any], steps: int, lr: float, video_fps: float
 ) -> float:
     """Train ``model`` on one fixed ``batch`` for ``steps`` AdamW steps (no weight decay, cosine LR to 0) with
-    ``objective`` (noise and timesteps from a generator seeded 0); returns the last loss."""
+    ``objective`` (noise and timesteps from a generator seeded 0); returns the last loss.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(0)

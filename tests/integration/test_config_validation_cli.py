@@ -43,7 +43,8 @@ def test_fit_refuses_before_building_anything(tmp_path: Path, override: str, wor
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_an_error_not_a_nan_run(tmp_path: Path) -> None:
     """Issue 14.2 through the entry point: lr 1e30 makes every loss non-finite after the first step; the steps are
-    skipped (weights never see the NaN), and past module.max_nonfinite_steps the run exits with rc != 0."""
+    skipped (weights never see the NaN), and past module.max_nonfinite_steps the run exits with rc != 0.
+    """
     proc = _run(
         tmp_path, "mova_train", "optimizer.lr=1e30", "module.max_nonfinite_steps=2", "trainer.max_steps=10",
         "logger=none", f"hydra.run.dir={tmp_path / 'run'}",

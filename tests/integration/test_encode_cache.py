@@ -39,7 +39,7 @@ SMALL = CacheSettings(num_frames=5, height=32, width=32, fps=8.0, sample_rate=16
 
 
 def read_cache(folder: Path) -> dict[str, tuple[bytes, bytes, str]]:
-    """key -> (latents bytes, json bytes, shard name) over every shard listed in index.json."""
+    """Key -> (latents bytes, json bytes, shard name) over every shard listed in index.json."""
     index = json.loads((folder / "index.json").read_text())
     out = {}
     for shard in index["shards"]:
@@ -394,7 +394,8 @@ def test_cached_datamodule_refuses_other_settings_before_training(cache_dir):
 
 def test_cache_stores_the_empty_clip_latent_for_t2av(raw_dir, cache_dir, encoders, tmp_path):
     """Cached t2av needs the latent of an all-zero clip without a VAE: the cache stores it per size, the cached
-    datamodule adds it to each sample, an old cache gets it with --resume alone, a foreign file is refused."""
+    datamodule adds it to each sample, an old cache gets it with --resume alone, a foreign file is refused.
+    """
     from mova_train.codecs.encoders import latents_from_cached
     from mova_train.data.cache import EMPTY_LATENTS_FILE, read_empty_latents, size_key, write_empty_latents
     from mova_train.models.builders import mova_tiny

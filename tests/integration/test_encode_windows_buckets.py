@@ -1,5 +1,6 @@
 """data_tools.encode with several windows per clip (none across a scene cut) and automatic buckets, then cached
-training that mixes both caches and resumes bit-identically (acceptance of issue 12, items 1, 2 and 6)."""
+training that mixes both caches and resumes bit-identically (acceptance of issue 12, items 1, 2 and 6).
+"""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def _add_cuts(folder: Path, cuts: list[float]) -> None:
 @pytest.fixture(scope="module")
 def talk(tmp_path_factory) -> Path:
     """One real 30 s clip (64x48, 8 fps, AAC) whose record has cuts at 7 s and 19 s, encoded with --windows
-    stride."""
+    stride.
+    """
     root = tmp_path_factory.mktemp("talk")
     clip = make_clip(root / "talk.mp4", width=64, height=48, fps=8, num_frames=240, sample_rate=16000)
     (root / "metadata.json").write_text(
@@ -186,7 +188,8 @@ def test_mixed_bucketed_windowed_training_resumes_bit_identically(talk, mixed):
 
 def test_training_on_the_mixed_stream_resumes_bit_identically(talk, mixed, tmp_path):
     """The tiny model trained 4 steps straight == 2 steps, checkpoint, 2 resumed steps (weights and optimizer
-    state of the LoRA, with windows, mixing and automatic buckets in the stream)."""
+    state of the LoRA, with windows, mixing and automatic buckets in the stream).
+    """
     quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
 
     def fit(name: str, steps: int, ckpt_path: Path | None = None, callbacks=()):

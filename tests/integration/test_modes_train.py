@@ -1,5 +1,6 @@
 """Each conditioning mode trains: the losses of the streams it trains fall on a fixed batch (tiny model), and a
-Lightning fit with a per-sample mix logs the per-mode losses."""
+Lightning fit with a per-sample mix logs the per-mode losses.
+"""
 
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def test_samples_every_trained_mode_with_media_from_the_training_clip(tmp_path):
 @pytest.mark.slow
 def test_leakage_check_measures_each_side(tmp_path):
     """Full LoRA: both sides move the output, a held stream never moves. Video-only LoRA: its (empty) audio side
-    moves nothing; its video side moves the video, and what it does to the audio is the reported leakage."""
+    moves nothing; its video side moves the video, and what it does to the audio is the reported leakage.
+    """
     _, metrics = _fit(tmp_path / "full", LoraSpec(rank=4, alpha=4, preset="attn"), leakage_check=True)
     leak = {k: v for k, v in metrics.items() if k.startswith("val_leakage/")}
     assert len(leak) == 4 * 2 * 2, sorted(leak)  # 4 samples (one per mode) x 2 sides x 2 streams

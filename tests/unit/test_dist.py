@@ -1,5 +1,6 @@
 """One rank/world helper (`mova_train.utils.dist`): the launcher's environment before a process group exists, and
-no other module reads the rank variables itself."""
+no other module reads the rank variables itself.
+"""
 
 from __future__ import annotations
 

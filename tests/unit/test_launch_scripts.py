@@ -1,6 +1,7 @@
 """The cluster launchers (`recipes/launch/`): one SLURM script and one torchrun script, valid bash, and each runs
 our entry point with a recipe. They run here with `srun` / `python` stand-ins on PATH that print their arguments,
-so the command line each script builds is checked as written."""
+so the command line each script builds is checked as written.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Issue 14 item 2: checkpoint rotation never deletes the newest checkpoint with finite weights; `ckpt_path=last`
 resumes from it although newer, non-finite ones exist. Item 1 (unit level): the callback state carries the step
-of its last save, and no save happens in a batch that did not step the optimizer."""
+of its last save, and no save happens in a batch that did not step the optimizer.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Issue 14 item 3: nothing in the package unpickles a user-supplied file. A crafted checkpoint that would run a
 shell command when unpickled (single file, DCP folder with or without a forged manifest, the convert CLI) is
-refused and the command never runs."""
+refused and the command never runs.
+"""
 
 from __future__ import annotations
 

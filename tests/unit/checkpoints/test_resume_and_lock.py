@@ -1,7 +1,8 @@
 """`ckpt_path=last` resolution (issue 14 items 6, 9, 10): newest intact checkpoint by global step over last.ckpt,
 sigterm.ckpt and step files; a corrupt last.ckpt is named and passed over for the newest intact step checkpoint;
 non-finite weights are passed over; no checkpoint is an error naming the folder. The output-folder lock refuses a
-second run (naming folder and holder pid) and takes over a dead run's lock."""
+second run (naming folder and holder pid) and takes over a dead run's lock.
+"""
 
 from __future__ import annotations
 

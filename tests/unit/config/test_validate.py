@@ -65,7 +65,8 @@ def test_bad_value_is_refused_naming_key_and_value(tmp_path: Path, override: str
 
 def test_existing_glob_and_tar_are_accepted_with_the_synthetic_data_group(tmp_path: Path) -> None:
     """A glob or one `.tar` under `data=synthetic_cached` names real shards: accepted (the datamodule then makes
-    no synthetic data, see `prepare_synthetic`)."""
+    no synthetic data, see `prepare_synthetic`).
+    """
     shards = tmp_path / "mine"
     shards.mkdir()
     (shards / "train-000000.tar").write_bytes(b"")
@@ -115,7 +116,8 @@ def test_a_typo_in_the_sample_node_and_a_bad_target_are_refused(tmp_path: Path) 
 
 def test_every_recipe_passes_the_key_check(tmp_path: Path) -> None:
     """No recipe of conf/recipe/ holds a key its targets refuse (shards of the real-data recipes do not exist here,
-    so only the key check runs)."""
+    so only the key check runs).
+    """
     from omegaconf import OmegaConf
 
     from mova_train.config.validate import check_settings_nodes, check_target_keys

@@ -1,5 +1,6 @@
 """Automatic buckets: a mixed set (landscape, portrait, square; 3 durations) is fully assigned, keeps its aspect
-ratios, and every training batch stays within the token budget (raw mode, real clips)."""
+ratios, and every training batch stays within the token budget (raw mode, real clips).
+"""
 
 from __future__ import annotations
 

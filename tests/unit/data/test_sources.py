@@ -1,5 +1,6 @@
 """Dataset mixing (`data.sources`): sample shares follow the weights (or counts x repeats), seeded, and the
-training stream resumes bit-identically with mixing and automatic buckets (cached shards, several buckets)."""
+training stream resumes bit-identically with mixing and automatic buckets (cached shards, several buckets).
+"""
 
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ def test_prepare_data_makes_the_dataset_once_then_trains_on_it(tmp_path, mode):
 @pytest.mark.parametrize("shards", ["{other}/*.tar", "{other}/shard-000000.tar", "{other}"])
 def test_shards_elsewhere_never_generate_synthetic_data(tmp_path, shards):
     """Issue 14.9: a glob or a .tar with a synthetic recipe trained on synthetic clips and made a folder named
-    like the glob; now those shards are used (or refused when missing) and nothing is generated."""
+    like the glob; now those shards are used (or refused when missing) and nothing is generated.
+    """
     other = tmp_path / "mine"
     spec = _spec(tmp_path / "synthetic")
     dm = MovaDataModule(shards.format(other=other), synthetic=spec, mode="raw", **SMALL)

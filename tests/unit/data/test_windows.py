@@ -63,7 +63,8 @@ def test_policy_is_checked():
 
 def test_raw_mode_draws_starts_inside_one_scene(tmp_path):
     """A real 4 s clip whose record carries a cut at 1.5 s: the random starts of 1 s windows avoid it, and a clip
-    whose scenes are all shorter than the window goes to no bucket."""
+    whose scenes are all shorter than the window goes to no bucket.
+    """
     clip = make_clip(tmp_path / "c.mp4", width=32, height=32, fps=8, num_frames=32, sample_rate=16000)
     (tmp_path / "metadata.json").write_text(json.dumps([{"video_path": clip.path.name, "caption": "c"}]))
     build_shards(tmp_path / "metadata.json", tmp_path / "shards")

@@ -102,7 +102,8 @@ def test_cp8_replicates_audio_and_divides_video():
 
 def _saved_slope(model, run, counts, tables=()):
     """Per-token saved bytes of ``run(model, n)`` between two token counts (constant text terms cancel);
-    RoPE ``tables`` are not counted (the estimator has a row of their own)."""
+    RoPE ``tables`` are not counted (the estimator has a row of their own).
+    """
     exclude = parameter_storages([model]) | {t.untyped_storage().data_ptr() for t in tables}
     lo, hi = (saved_activation_bytes(lambda n=n: run(model, n), exclude) for n in counts)
     return (hi - lo) / (counts[1] - counts[0])

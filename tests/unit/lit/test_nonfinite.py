@@ -58,7 +58,8 @@ def test_nonfinite_names_lists_only_bad_float_tensors():
 
 def test_nan_batch_and_overflowing_loss_are_skipped_counted_and_logged(tmp_path):
     """Batch 1 holds a NaN latent (skipped before the forward), batch 3 a 1e30 latent (finite, but the loss
-    overflows: skipped before the backward). The weights stay finite and the run ends normally."""
+    overflows: skipped before the backward). The weights stay finite and the run ends normally.
+    """
     mod = tiny_module(lora=LORA, max_nonfinite_steps=2)
     trainer = _fit(mod, _Batches({1: float("nan"), 3: 1e30}), tmp_path, steps=6)
     assert mod.nonfinite.skipped == 2

@@ -1,5 +1,6 @@
 """The noise schedule and the expert switch come from a release folder's own files, and a config value that
-disagrees with them is refused (issue 9 item 10)."""
+disagrees with them is refused (issue 9 item 10).
+"""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def test_tower_matches_golden(golden_dir, name, tower_cls, config_cls):
 @pytest.mark.parametrize(("name", "tower_cls", "config_cls"), TOWERS)
 def test_tower_matches_a_batched_golden_set(golden_dir, name, tower_cls, config_cls):
     """A golden set in the same format with a batch of 3 and one shared timestep: the original's per-call
-    quantities stay ``[1, ...]`` while ours are per sample (``[3, ...]``); the comparison broadcasts them."""
+    quantities stay ``[1, ...]`` while ours are per sample (``[3, ...]``); the comparison broadcasts them.
+    """
     g = Golden(golden_dir, name)
     groups = {k: g.group(k) for k in ("inputs", "outputs", "intermediates")}
     batched = {

@@ -77,7 +77,8 @@ def test_single_expert_file_lists_its_targets_and_acts_with_its_expert_only(tmp_
 
 def _assert_pair_is_one_adapter(tmp_path, model, low, high, shared_from) -> None:
     """``model`` (the pair loaded) samples both experts exactly as one adapter holding each file's video
-    layers and the shared (audio/bridge) set of ``shared_from``."""
+    layers and the shared (audio/bridge) set of ``shared_from``.
+    """
     video_low, video_high, shared = _split(low)[0], _split(high)[0], _split(shared_from)[1]
     ref = mova_tiny()
     apply_loras(ref, [_combined(tmp_path, {"low": video_low, "high": video_high, "shared": shared})])

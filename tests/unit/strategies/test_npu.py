@@ -1,5 +1,6 @@
 """The NPU accelerator against a stand-in ``torch_npu`` (no Ascend stack here), in a fresh interpreter:
-the stand-in renames torch's privateuse1 backend to ``npu`` as the real one does, which cannot be undone."""
+the stand-in renames torch's privateuse1 backend to ``npu`` as the real one does, which cannot be undone.
+"""
 
 from __future__ import annotations
 
