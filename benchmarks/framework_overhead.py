@@ -310,10 +310,12 @@ def benchmark_size(size: Size, rounds: int, modes: tuple[str, ...]) -> dict[str,
 
 
 def pct(a: float, b: float) -> str:
+    """``a`` relative to ``b`` as a signed percentage (``+3.2 %``)."""
     return f"{100.0 * (a / b - 1.0):+.1f} %"
 
 
 def main() -> None:
+    """Run the bare / Lightning timing and peak-RSS comparisons and print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
     ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per mode")

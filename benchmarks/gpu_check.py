@@ -99,12 +99,15 @@ class Check:
         self.facts: dict[str, float] = {}
 
     def left(self) -> float:
+        """Seconds left of the budget."""
         return self.budget_s - (time.perf_counter() - self.t0)
 
     def add(self, section: str, quantity: str, value: object) -> None:
+        """Append one ``section | quantity | value`` row."""
         self.rows.append({"section": section, "quantity": quantity, "value": value})
 
     def sync(self) -> None:
+        """Wait for the CUDA device (no-op on a CPU)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
@@ -148,6 +151,7 @@ class Check:
         self.write()
 
     def write(self) -> None:
+        """Rewrite ``--out`` with the rows and facts so far (no-op without it)."""
         if self.out is not None:
             self.out.write_text(json.dumps({"rows": self.rows, "facts": self.facts}, indent=1, default=str))
 
@@ -196,6 +200,7 @@ def _mfu(c: Check, flops: float, seconds: float) -> str:
 
 
 def unit_section(c: Check, tiny: bool) -> None:
+    """Paired unit fwd+bwd, with and without checkpointing: time, FLOPs, MFU, memory vs estimate."""
     cfg = slice_config(1, tiny=tiny)
     tok = clip_tokens(cfg, tiny)
     model = build_slice(cfg, c.device, torch.bfloat16, RANK, PRESET)
@@ -263,6 +268,7 @@ def unit_section(c: Check, tiny: bool) -> None:
 
 
 def attention_section(c: Check, tiny: bool) -> None:
+    """The SDPA backend taken and each backend's fwd+bwd speed at the video and bridge attention lengths."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     cfg = slice_config(1, tiny=tiny)
@@ -318,6 +324,7 @@ def attention_section(c: Check, tiny: bool) -> None:
 
 
 def offload_section(c: Check, tiny: bool) -> None:
+    """``BlockStreamer`` on a 3-layer slice vs resident: step time, bytes moved, copy overlap."""
     from mova_train.strategies.offload import BlockStreamer
 
     layers = 3
@@ -388,6 +395,7 @@ def offload_section(c: Check, tiny: bool) -> None:
 
 
 def optimizer_section(c: Check, tiny: bool) -> None:
+    """AdamW vs AdamW8bit over the recipe-sized LoRA set: step time and state bytes per parameter."""
     from bitsandbytes.optim import AdamW8bit
 
     cfg = slice_config(1, tiny=tiny)
@@ -418,6 +426,7 @@ def optimizer_section(c: Check, tiny: bool) -> None:
 
 
 def compile_section(c: Check, tiny: bool) -> None:
+    """Regional ``torch.compile`` vs eager on the paired unit: first call, step time, max diff."""
     cfg = slice_config(1, tiny=tiny)
     tok = clip_tokens(cfg, tiny)
     model = build_slice(cfg, c.device, torch.bfloat16, RANK, PRESET)
@@ -456,6 +465,7 @@ def compile_section(c: Check, tiny: bool) -> None:
 
 
 def sampling_section(c: Check, tiny: bool) -> None:
+    """One batched-CFG denoiser step of the 1-layer slice: time, FLOP/s and MFU."""
     cfg = slice_config(1, tiny=tiny)
     tok = clip_tokens(cfg, tiny)
     model = build_slice(cfg, c.device, torch.bfloat16, 0, PRESET)
@@ -489,6 +499,7 @@ def sampling_section(c: Check, tiny: bool) -> None:
 
 
 def recipes_section(c: Check, tiny: bool) -> None:
+    """Project each recipe's step time and device memory from the facts measured by the other sections."""
     cfg = release_config()
     mfu = None
     if c.facts.get("peak_tflops") and "unit_ckpt_s" in c.facts:
@@ -520,6 +531,7 @@ def recipes_section(c: Check, tiny: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections within the budget, print the markdown table and return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny widths on the CPU (CI)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting sections after this")

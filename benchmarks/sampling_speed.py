@@ -50,6 +50,7 @@ def bench(name: str, steps: int, repeats: int, batch_cfg: bool) -> float:
 
 
 def main() -> None:
+    """Time a sampling step with CFG as two passes vs batched and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)

@@ -1,0 +1,1 @@
+"""Thin command lines over `mova_train.data`: build, inspect and encode shards, make synthetic clips."""

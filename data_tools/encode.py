@@ -1,13 +1,13 @@
-"""Encode raw shards into a latent cache: the command line of `mova_train.data.cache_writer.encode_cache`.
+r"""Encode raw shards into a latent cache: the command line of `mova_train.data.cache_writer.encode_cache`.
 
 Per clip: video latents, first-frame conditioning latents, DAC audio latents and text states (bf16), from the
 model's own components (`--checkpoint`) or random tiny ones (`--tiny-seed`, for tests).
 
 Example:
-    python -m data_tools.encode --shards data/raw --out data/cache --checkpoint MOVA-360p \\
+    python -m data_tools.encode --shards data/raw --out data/cache --checkpoint MOVA-360p \
         --num-frames 193 --height 352 --width 640 --fps 24 --batch-size 1
     # every clip at its automatic bucket, back-to-back windows of long clips (none across a scene cut)
-    python -m data_tools.encode --shards data/raw --out data/cache --checkpoint MOVA-360p --buckets auto \\
+    python -m data_tools.encode --shards data/raw --out data/cache --checkpoint MOVA-360p --buckets auto \
         --windows stride
 """
 

@@ -1,4 +1,4 @@
-"""Predict entry point: ``python -m mova_train.predict [+recipe=NAME] [overrides]`` (also installed as
+r"""Predict entry point: ``python -m mova_train.predict [+recipe=NAME] [overrides]`` (also installed as
 ``mova-predict``; config `conf/predict.yaml`).
 
 Prompts (a requests file, or one ``prompt=...``) go through Lightning's predict loop (`MovaPredictModule`) and
@@ -8,7 +8,7 @@ come out as ``<output_dir>/<slug>-<sha8>-s<seed>.mp4`` with a ``.json`` sidecar 
     python -m mova_train.predict +recipe=predict_tiny_cpu
     python -m mova_train.predict prompt="A man speaks." audio=voice.wav first_frame=face.png   # a2v (lip sync)
     python -m mova_train.predict prompt="Footsteps on gravel." video=walk.mp4                  # v2a (Foley)
-    python -m mova_train.predict +recipe=predict_release_360p requests=prompts.jsonl \\
+    python -m mova_train.predict +recipe=predict_release_360p requests=prompts.jsonl \
         'lora.adapters=[{path: outputs/run/lora.safetensors, strength: 0.8}]' lora.merge=true
     python -m mova_train.predict +recipe=predict_release_360p trainer.devices=8 strategy=ddp requests=...
 """

@@ -59,11 +59,13 @@ class MovaModelCheckpoint(ModelCheckpoint):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        """Records the global step, to tell at batch end whether the optimizer stepped."""
         self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        """Saves at the optimizer-step boundary only (skipped mid-accumulation)."""
         if trainer.global_step == self._step_at_batch_start:
             return  # mid-accumulation: the optimizer has not stepped, the state would not resume exactly
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -73,9 +75,11 @@ class MovaModelCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
     def state_dict(self) -> dict[str, Any]:
+        """Lightning's state plus the global step of the last save."""
         return {**super().state_dict(), "last_global_step_saved": self._last_global_step_saved}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores Lightning's state and the global step of the last save (0 in older checkpoints)."""
         super().load_state_dict(state_dict)
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", 0))
 
@@ -131,6 +135,7 @@ class SigtermCheckpoint(Callback):
             launcher.kill(signum)  # the processes Lightning started (torchrun forwards by itself)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Installs this callback's SIGTERM handler (main thread only), after Lightning's own."""
         # After Lightning registered its own handler (it runs a collective inside the handler under DDP).
         if threading.current_thread() is threading.main_thread():
             self._trainer = trainer
@@ -142,17 +147,21 @@ class SigtermCheckpoint(Callback):
         self._previous = None
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Restores the previous SIGTERM handler."""
         self._restore()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Restores the previous SIGTERM handler."""
         self._restore()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Restores the previous SIGTERM handler."""
         self._restore()
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        """Records the global step, to tell at batch end whether the optimizer stepped."""
         self._step_at_start = trainer.global_step
 
     def _path(self, trainer: Trainer) -> Path:
@@ -174,6 +183,7 @@ class SigtermCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        """After a SIGTERM on any rank: saves at the optimizer-step boundary, raises :class:`SigtermExit`."""
         if not self._agreed(trainer):
             return
         if trainer.global_step == self._step_at_start:  # mid-accumulation: save at the boundary

@@ -153,6 +153,7 @@ class LoraExport(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        """Exports every ``every_n_steps`` optimizer steps (once per step)."""
         step = trainer.global_step
         if (
             self.every_n_steps > 0
@@ -163,5 +164,6 @@ class LoraExport(Callback):
             self.export(trainer, pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Exports the final weights unless this step was already exported."""
         if trainer.global_step != self._last_exported:
             self.export(trainer, pl_module)

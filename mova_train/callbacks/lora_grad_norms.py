@@ -57,6 +57,7 @@ class LoraGradNorms(Callback):
         self.every_n_steps = every_n_steps
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        """Logs the per-group gradient norms on every ``every_n_steps``-th optimizer step."""
         every = self.every_n_steps or trainer.log_every_n_steps or 1
         if trainer.global_step % every:
             return

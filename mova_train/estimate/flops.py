@@ -135,6 +135,7 @@ class LinearOp:
 
     @property
     def params(self) -> int:
+        """Parameters of all ``count`` layers (weights and bias)."""
         return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
 
     @property
@@ -292,6 +293,7 @@ class StepFlops:
 
     @property
     def total(self) -> int:
+        """Forward + backward + recompute FLOPs."""
         return self.forward + self.backward + self.recompute
 
 

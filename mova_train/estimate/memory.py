@@ -64,10 +64,12 @@ class MemoryEstimate:
 
     @property
     def device_total(self) -> float:
+        """Sum of the device rows in bytes."""
         return sum(b for _, b in self.device)
 
     @property
     def host_total(self) -> float:
+        """Sum of the host rows in bytes."""
         return sum(b for _, b in self.host)
 
     def get(self, label: str) -> float:
@@ -135,7 +137,8 @@ def block_saved_elements(
     linear input once (5 D + F) and the modulation / gate operands (4 D).
 
     Args:
-        d: block width; f: FFN width.
+        d: block width.
+        f: FFN width.
         trainable: LoRA-wrapped linears of the block (``"self_attn.q"``, ``"ffn.2"``, ...).
         full: the whole block trains (no LoRA copies).
         norm_upcast: LayerNorm inputs saved in float32 (the CUDA autocast path).

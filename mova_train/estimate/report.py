@@ -90,9 +90,13 @@ def estimate_run(
         lora_targets: ``LoraSpec.components`` (component -> exact module patterns).
         full_finetune: components trained in full.
         strategy: ``single``, ``ddp``, ``fsdp2`` or ``offload``.
-        dp, cp: data-parallel (sharding) and context-parallel degrees.
+        dp: data-parallel (sharding) degree.
+        cp: context-parallel degree.
         offload_blocks: swap units kept on the device under ``offload``.
-        frames, height, width, fps: the clip.
+        frames: clip length in video frames.
+        height: frame height in pixels.
+        width: frame width in pixels.
+        fps: video frame rate.
         batch: samples per data-parallel replica per step.
         weight_dtype: frozen weight storage (``bf16`` / ``fp8`` / ``fp32``).
         optimizer: ``adamw`` / ``adamw8bit`` / ``sgd``.

@@ -72,6 +72,7 @@ class WarmupCosine:
     min_lr_ratio: float = 0.0
 
     def __call__(self, step: int) -> float:
+        """LR multiplier at optimizer step ``step`` (0-based)."""
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         span = max(1, self.total_steps - self.warmup_steps)
@@ -93,6 +94,7 @@ class WarmupStableDecay:
     decay_shape: str = "linear"
 
     def __call__(self, step: int) -> float:
+        """LR multiplier at optimizer step ``step`` (0-based)."""
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         decay_start = self.total_steps - self.decay_steps

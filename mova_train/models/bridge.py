@@ -92,6 +92,7 @@ class DualTowerBridge(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Number of interaction layers (one A2V and one V2A block each)."""
         return len(self.audio_to_video_conditioners)
 
     def video_positions(self, num_latent_frames: int, video_fps: float, device: torch.device) -> torch.Tensor:
@@ -141,7 +142,9 @@ class DualTowerBridge(nn.Module):
             audio: ``[B, Na, audio_hidden_dim]``.
             rope: tables from :meth:`rope`.
             scale: residual scale (1.0 in the release).
-            visual_mask, audio_mask: optional bool masks of real tokens when used as keys (context parallelism).
+            visual_mask: optional ``[B, Nv]`` bool mask of real video tokens when they are keys (context
+                parallelism).
+            audio_mask: optional ``[B, Na]`` bool mask of real audio tokens when they are keys.
 
         Returns:
             Updated ``(visual, audio)``.

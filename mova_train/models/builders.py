@@ -38,6 +38,7 @@ class MovaConfig:
     dual_tower_bridge: BridgeConfig = field(default_factory=BridgeConfig)
 
     def to_dict(self) -> dict:
+        """The three part configs as plain nested dicts, keyed by part name."""
         return {
             "video_dit": self.video_dit.to_dict(),
             "audio_dit": self.audio_dit.to_dict(),

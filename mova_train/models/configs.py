@@ -80,6 +80,7 @@ class VideoDiTConfig(_DictMixin):
 
     @property
     def head_dim(self) -> int:
+        """Per-head width ``dim // num_heads``."""
         return self.dim // self.num_heads
 
 
@@ -115,6 +116,7 @@ class AudioDiTConfig(_DictMixin):
 
     @property
     def head_dim(self) -> int:
+        """Per-head width ``dim // num_heads``."""
         return self.dim // self.num_heads
 
 

@@ -192,6 +192,7 @@ class DiTTower(nn.Module):
 
     @property
     def head_dim(self) -> int:
+        """Per-head width ``dim // num_heads``."""
         return self.dim // self.num_heads
 
     def time_embed(self, timestep: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

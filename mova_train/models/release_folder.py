@@ -189,8 +189,10 @@ def folder_scheduler(
 
     Args:
         root: The release folder.
-        num_train_timesteps, shift, extra_one_step: Values the config sets (None: not set); each must agree with
+        num_train_timesteps: The value the config sets (None: not set); like the next two it must agree with
             the folder's file (``model.scheduler.shift=3`` on a folder saved with shift 5 is refused).
+        shift: The timestep shift the config sets (None: not set).
+        extra_one_step: The ``extra_one_step`` flag the config sets (None: not set).
         exact_euler_steps: See `FlowMatchScheduler`.
 
     Raises:

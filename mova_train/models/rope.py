@@ -33,6 +33,7 @@ def complex_rope_table(positions: torch.Tensor, dim: int, theta: float = THETA) 
     Args:
         positions: ``[N]`` positions (any real dtype).
         dim: number of real dims of this axis (even).
+        theta: RoPE base.
 
     Returns:
         ``[N, dim/2]`` complex128.
@@ -110,6 +111,7 @@ def aligned_rope_tables(
         positions: ``[N]`` positions in audio-token units.
         head_dim: ``d``.
         dtype: activation dtype the tables are cast to (after computing them in float32).
+        theta: RoPE base.
 
     Returns:
         ``(cos, sin)``, each ``[1, N, d]``.
@@ -131,7 +133,12 @@ def apply_rotate_half_rope(
 
     Args:
         x: ``[B, L, H*d]``.
-        cos, sin: ``[1 or B, L, d]``.
+        cos: ``[1 or B, L, d]`` cosine table.
+        sin: ``[1 or B, L, d]`` sine table.
+        num_heads: ``H``.
+
+    Returns:
+        ``[B, L, H*d]`` in the dtype of ``x``.
     """
     b, n, dim = x.shape
     xh = x.view(b, n, num_heads, -1)

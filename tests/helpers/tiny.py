@@ -48,9 +48,12 @@ def tiny_inputs(
 
     Args:
         model: the tower the inputs are for (default: the widths of :func:`tiny_config`).
-        batch, frames, height, width: the video latent is ``[batch, C, frames, height, width]`` (height and
-            width even: patch 2), ``y`` has ``C + 4`` channels.
-        audio_len, text_len: audio latent ``[batch, Ca, audio_len]``, context ``[batch, text_len, text_dim]``.
+        batch: samples; video latent ``[batch, C, frames, height, width]``, ``y`` has ``C + 4`` channels.
+        frames: latent frames.
+        height: latent height (even: patch 2).
+        width: latent width (even: patch 2).
+        audio_len: audio latent length: ``[batch, Ca, audio_len]``.
+        text_len: context length: ``[batch, text_len, text_dim]``.
         timestep: one shared time (a ``[1]`` tensor) or one per sample (the first ``batch`` of the sequence).
         audio_timestep: the audio's times (default: ``timestep``).
         seed: of the generator the tensors are drawn from.
