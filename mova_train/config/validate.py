@@ -181,6 +181,7 @@ def check_settings_nodes(container: Mapping[str, Any], entry: str) -> None:
     for name, node in primary.items():
         if (
             not isinstance(node, dict)
+            or not node  # an empty mapping (`plugins: {}`) is a slot for `_target_` entries, not settings
             or "_target_" in node
             or any(isinstance(v, dict) for v in node.values())
         ):
