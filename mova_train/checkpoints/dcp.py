@@ -27,8 +27,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata
 
-from mova_train.checkpoints.io import temporary_name, torch_load_safe
+from mova_train.checkpoints.io import torch_load_safe
 from mova_train.checkpoints.manifest import CheckpointError, verify_manifest, write_manifest
+from mova_train.models.files import unique_tmp
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def replace_folder(tmp: Path, path: Path, global_step: int, finite: bool) -> Non
     write_manifest(tmp, global_step, finite)
     old = None
     if path.exists():
-        old = temporary_name(path)
+        old = unique_tmp(path)
         path.rename(old)
     tmp.rename(path)
     if old is not None:
@@ -201,4 +202,4 @@ def replace_folder(tmp: Path, path: Path, global_step: int, finite: bool) -> Non
 
 def new_temporary_folder(path: Path) -> Path:
     """A fresh temporary sibling folder name for writing ``path``."""
-    return temporary_name(path)
+    return unique_tmp(path)

@@ -2,8 +2,9 @@
 
 Saves go to a temporary file unique to the process (``.<name>.tmp-<pid>-<random>``) in the checkpoint's folder,
 are fsynced and renamed over the target, then the manifest (global step, finite weights, sha256) is written the
-same way. A save killed at any point leaves the previous checkpoint and its manifest intact; a manifest that no
-longer matches its file marks the file as not to be trusted.
+same way. A save killed before the first rename leaves the previous checkpoint and its manifest intact; one
+killed between the two renames leaves a file that no longer matches its manifest, which marks it as not to be
+trusted (``ckpt_path=last`` then falls back to the newest intact checkpoint).
 
 Loads never unpickle arbitrary objects: single files are read with ``torch.load(weights_only=True)`` (plus a
 short allow-list of plain types Lightning stores), distributed-checkpoint folders only when their manifest
@@ -33,17 +34,11 @@ __all__ = [
     "atomic_write",
     "load_checkpoint_file",
     "state_is_finite",
-    "temporary_name",
 ]
 
 # Plain types Lightning puts in a checkpoint dict besides tensors and builtins (torch.load refuses them under
 # weights_only=True unless listed).
 SAFE_GLOBALS: list[Any] = [Path, type(Path())]
-
-
-def temporary_name(path: Path) -> Path:
-    """A temporary sibling of ``path`` no other process or save uses: ``.<name>.tmp-<pid>-<random>``."""
-    return unique_tmp(path)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -59,7 +54,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write ``path`` through ``write(fh)`` into a unique temporary file, fsync, rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    tmp = unique_tmp(path)
     try:
         with open(tmp, "wb") as fh:
             write(fh)

@@ -32,50 +32,92 @@ class Candidate:
     finite: bool
 
 
-def _candidate(path: Path) -> Candidate:
-    manifest: Manifest | None = verify_manifest(path, required=path.is_dir())
-    if manifest is not None:
-        return Candidate(path, manifest.global_step, manifest.finite)
-    checkpoint = load_checkpoint_file(path)  # a file without a manifest (older runs): read its step
-    return Candidate(path, int(checkpoint.get("global_step", 0)), True)
+_TIE_ORDER = {"sigterm.ckpt": 2, "last.ckpt": 1}  # equal steps: sigterm, then last, then the step file
+
+
+def _claimed(folder: Path) -> tuple[list[tuple[Candidate, Manifest | None]], list[tuple[Path, str]]]:
+    """Every checkpoint of ``folder`` with the step its manifest claims, newest first, read without hashing.
+
+    A file without a manifest (older runs) is loaded to read its step.
+    """
+    claimed: list[tuple[Candidate, Manifest | None]] = []
+    rejected: list[tuple[Path, str]] = []
+    if not folder.is_dir():
+        return claimed, rejected
+    for path in sorted(folder.glob("*.ckpt")):
+        if path.name.startswith("."):
+            continue
+        try:
+            manifest = read_manifest(path)
+            if manifest is not None:
+                claimed.append((Candidate(path, manifest.global_step, manifest.finite), manifest))
+            elif path.is_dir():
+                verify_manifest(path, required=True)  # raises: a folder without our manifest
+            else:
+                step = int(load_checkpoint_file(path).get("global_step", 0))
+                claimed.append((Candidate(path, step, True), None))
+        except CheckpointError as err:
+            rejected.append((path, str(err)))
+    claimed.sort(key=lambda cm: (cm[0].global_step, _TIE_ORDER.get(cm[0].path.name, 0)), reverse=True)
+    return claimed, rejected
+
+
+def _intact(candidate: Candidate, manifest: Manifest | None) -> str | None:
+    """None when the checkpoint's files match its manifest, else why not (files are hashed here, once)."""
+    if manifest is None:
+        return None  # read whole by `_claimed` already
+    try:
+        verify_manifest(candidate.path, required=candidate.path.is_dir())
+    except CheckpointError as err:
+        return str(err)
+    return None
 
 
 def find_checkpoints(folder: str | Path) -> tuple[list[Candidate], list[tuple[Path, str]]]:
     """The intact checkpoints of ``folder``, newest first, and the rejected ones with the reason.
 
-    Ties in global step prefer ``sigterm.ckpt``, then ``last.ckpt``, then the step file.
+    Ties in global step prefer ``sigterm.ckpt``, then ``last.ckpt``, then the step file. Every checkpoint is
+    verified; :func:`newest_intact` verifies only down to the one it picks.
     """
-    folder = Path(folder)
+    claimed, rejected = _claimed(Path(folder))
     intact: list[Candidate] = []
-    rejected: list[tuple[Path, str]] = []
-    if not folder.is_dir():
-        return intact, rejected
-    for path in sorted(folder.glob("*.ckpt")):
-        if path.name.startswith("."):
-            continue
-        try:
-            intact.append(_candidate(path))
-        except CheckpointError as err:
-            rejected.append((path, str(err)))
-    order = {"sigterm.ckpt": 2, "last.ckpt": 1}
-    intact.sort(key=lambda c: (c.global_step, order.get(c.path.name, 0)), reverse=True)
+    for candidate, manifest in claimed:
+        why = _intact(candidate, manifest)
+        if why is None:
+            intact.append(candidate)
+        else:
+            rejected.append((candidate.path, why))
     return intact, rejected
 
 
 def newest_intact(folder: str | Path) -> Path | None:
-    """The checkpoint ``ckpt_path=last`` resumes from (see the module docstring); None when there is none."""
-    intact, rejected = find_checkpoints(folder)
+    """The checkpoint ``ckpt_path=last`` resumes from (see the module docstring); None when there is none.
+
+    Checkpoints are verified newest first, and only until an intact one with finite weights is found.
+    """
+    claimed, rejected = _claimed(Path(folder))
     for path, why in rejected:
         log.warning("ckpt_path=last: passing over %s: %s", path, why)
-    finite = [c for c in intact if c.finite]
-    for c in intact:
-        if c.finite or not finite:
+    newest: Candidate | None = None  # the newest intact one, finite or not
+    chosen: Candidate | None = None
+    for candidate, manifest in claimed:
+        why = _intact(candidate, manifest)
+        if why is not None:
+            log.warning("ckpt_path=last: passing over %s: %s", candidate.path, why)
+            continue
+        newest = newest or candidate
+        if candidate.finite:
+            chosen = candidate
             break
-        log.warning("ckpt_path=last: passing over %s (step %d): non-finite weights", c.path, c.global_step)
-    chosen = (finite or intact or [None])[0]
+        log.warning(
+            "ckpt_path=last: passing over %s (step %d): non-finite weights",
+            candidate.path,
+            candidate.global_step,
+        )
+    chosen = chosen or newest
     if chosen is None:
         return None
-    if rejected or chosen is not intact[0]:
+    if rejected or chosen is not claimed[0][0]:
         log.warning("ckpt_path=last: falling back to %s (step %d)", chosen.path, chosen.global_step)
     else:
         log.info("ckpt_path=last: resuming from %s (step %d)", chosen.path, chosen.global_step)

@@ -3,7 +3,7 @@
 Hydra's structured schemas (`mova_train.config.schema`) already refuse misspelled keys in the top level, `data`
 and `trainer`, and values of the wrong type. What they cannot see is checked here:
 
-- a plain settings node of the primary config file (`sample`, `sampling`, `predict`, ...) may only hold the keys
+- a plain settings node of the primary config file (`sampling`, `predict`, ...) may only hold the keys
   that file gives it;
 - every node with a `_target_` (model, lora, strategy, optimizer, lr_scheduler, objective, module, callbacks,
   loggers, plugins, and nested ones) may only hold keys its target accepts: a typo in a YAML file of such a group
@@ -165,7 +165,7 @@ def check_settings_nodes(container: Mapping[str, Any], entry: str) -> None:
     """Refuse a key in a plain settings node that the entry point's primary config file does not define.
 
     A settings node is a top-level mapping of the primary file (`conf/train.yaml`, `conf/predict.yaml`) with no
-    `_target_` whose values are all plain values (e.g. `sample`, `sampling`, `predict`, predict's `lora`): Hydra
+    `_target_` whose values are all plain values (e.g. predict's `sampling`, `predict` and `lora`): Hydra
     refuses a new key there from the command line, but a recipe's YAML merges it silently.
 
     Raises:

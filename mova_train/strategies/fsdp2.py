@@ -53,8 +53,9 @@ from mova_train.checkpoints.dcp import (
     read_dcp_meta,
     replace_folder,
 )
-from mova_train.checkpoints.io import MovaCheckpointIO, state_is_finite, temporary_name
+from mova_train.checkpoints.io import MovaCheckpointIO, state_is_finite
 from mova_train.checkpoints.manifest import verify_manifest
+from mova_train.models.files import unique_tmp
 from mova_train.strategies.common import ActivationOffload, target_model
 from mova_train.utils.dist import planned_world
 
@@ -301,7 +302,7 @@ class MovaFSDP2Strategy(ActivationOffload, ModelParallelStrategy):
         import torch.distributed as dist
 
         path = Path(self.broadcast(str(filepath)))
-        tmp = Path(self.broadcast(str(temporary_name(path))))
+        tmp = Path(self.broadcast(str(unique_tmp(path))))
         finite = torch.tensor(float(state_is_finite(checkpoint.get("state_dict", {}))))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)

@@ -101,7 +101,7 @@ def test_lock_refuses_a_second_run_and_takes_over_a_dead_one(tmp_path: Path) -> 
 
 
 def test_temporary_names_are_unique_per_save(tmp_path: Path) -> None:
-    from mova_train.checkpoints.io import temporary_name
+    from mova_train.models.files import unique_tmp
 
-    names = {temporary_name(tmp_path / "last.ckpt") for _ in range(100)}
+    names = {unique_tmp(tmp_path / "last.ckpt") for _ in range(100)}
     assert len(names) == 100 and all(str(os.getpid()) in n.name for n in names)
