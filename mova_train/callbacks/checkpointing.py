@@ -18,11 +18,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mova_train.checkpoints.manifest import CheckpointError, read_manifest
+from mova_train.utils.dist import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,7 @@ class SigtermCheckpoint(Callback):
         connector = trainer._signal_connector
         flag = self._received or self._pending or connector.received_sigterm
         connector.received_sigterm = False  # this callback decides when to stop
-        dist = torch.distributed
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            t = torch.tensor([1.0 if flag else 0.0], device=trainer.strategy.root_device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+        return any_rank(flag, trainer.strategy.root_device)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from mova_train.utils.dist import any_rank
+
 log = logging.getLogger(__name__)
 
 __all__ = ["NonFiniteError", "NonFiniteGuard", "nonfinite_names"]
@@ -33,19 +35,6 @@ def nonfinite_names(tensors: Mapping[str, Any]) -> list[str]:
         for name, t in tensors.items()
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
     )
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on any rank (all-reduce max; the local flag without torch.distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    if torch.distributed.get_world_size() == 1:
-        return flag
-    # gloo reduces CPU tensors, NCCL device tensors
-    backend = torch.distributed.get_backend()
-    t = torch.tensor([1.0 if flag else 0.0], device=device if backend != "gloo" else "cpu")
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 class NonFiniteGuard:
@@ -75,7 +64,7 @@ class NonFiniteGuard:
         Raises:
             NonFiniteError: the skip count passed `max_skips`.
         """
-        if not _any_rank(bool(names), device):
+        if not any_rank(bool(names), device):
             return False
         self.skipped += 1
         self.last_skip_step = step
