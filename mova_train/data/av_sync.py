@@ -209,6 +209,7 @@ def estimate_clip_offset(
     *,
     audio_offset: float = 0.0,
     max_lag_seconds: float = 0.5,
+    decoded: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> OffsetEstimate:
     """`estimate_offset` of a clip as training decodes it (its own sound, or a separate file, plus `audio_offset`).
 
@@ -217,10 +218,11 @@ def estimate_clip_offset(
         audio_data: A separate sound file (bytes or path) whose start plays with the first video frame.
         audio_offset: Seconds after the first video frame at which the sound starts (`ClipRecord.audio_offset`).
         max_lag_seconds: Largest offset searched.
+        decoded: The clip's `read_low_res_frames(data)`, when the caller has it already.
     """
     from torchcodec.decoders import AudioDecoder
 
-    frames, pts = read_low_res_frames(data)
+    frames, pts = decoded if decoded is not None else read_low_res_frames(data)
     steps = (pts[1:] - pts[:-1]) if pts.numel() > 1 else torch.ones(1)
     fps = 1.0 / float(steps.median()) if float(steps.median()) > 0 else 24.0
     try:

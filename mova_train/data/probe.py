@@ -286,16 +286,21 @@ def probe_clip(
 def _analyze(
     record: ClipRecord, data: bytes, audio_data: bytes | None, where: str, policy: ProbePolicy
 ) -> None:
-    """Scene cuts and the A/V offset, as the policy asks; rejects clips whose offset is too large."""
-    if policy.detect_cuts:
-        from mova_train.data.scenes import detect_cuts
+    """Scene cuts and the A/V offset, as the policy asks; rejects clips whose offset is too large.
 
-        record.cuts = detect_cuts(data)
-    if not (policy.av_audit or policy.max_av_offset_ms is not None) or not record.has_audio:
+    Both read the same low-resolution frames, decoded once.
+    """
+    from mova_train.data.scenes import detect_cuts, read_low_res_frames
+
+    audit = (policy.av_audit or policy.max_av_offset_ms is not None) and record.has_audio
+    decoded = read_low_res_frames(data) if policy.detect_cuts and audit else None
+    if policy.detect_cuts:
+        record.cuts = detect_cuts(data, decoded=decoded)
+    if not audit:
         return
     from mova_train.data.av_sync import estimate_clip_offset
 
-    estimate = estimate_clip_offset(data, audio_data, audio_offset=record.audio_offset)
+    estimate = estimate_clip_offset(data, audio_data, audio_offset=record.audio_offset, decoded=decoded)
     record.av_offset_ms, record.av_confidence = estimate.offset_ms, estimate.confidence
     if policy.skip_av_offset and av_offset_too_large(record, policy):
         raise ProbeError(

@@ -110,15 +110,20 @@ def cut_frames(frames: torch.Tensor, settings: CutSettings | None = None) -> lis
     return cuts
 
 
-def detect_cuts(source: bytes | str, settings: CutSettings | None = None) -> list[float]:
+def detect_cuts(
+    source: bytes | str,
+    settings: CutSettings | None = None,
+    decoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[float]:
     """Scene cuts of a clip in seconds from its first frame (the `ClipRecord.cuts` format).
 
     Args:
         source: Clip bytes or path.
         settings: Detection knobs.
+        decoded: The clip's `read_low_res_frames(source, settings.size)`, when the caller has it already.
     """
     s = settings or CutSettings()
-    frames, pts = read_low_res_frames(source, s.size)
+    frames, pts = decoded if decoded is not None else read_low_res_frames(source, s.size)
     return [round(float(pts[i] - pts[0]), 6) for i in cut_frames(frames, s)]
 
 
