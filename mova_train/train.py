@@ -37,13 +37,6 @@ def check_config(cfg: DictConfig) -> None:
         ConfigError: naming the offending key and how to fix it.
     """
     data = cfg.data
-    if (int(data.num_frames) - 1) % 4:
-        raise ConfigError(f"data.num_frames={data.num_frames} must be 4k + 1 (e.g. 17, 97, 193)")
-    for key in ("height", "width"):
-        if int(data[key]) % 16:
-            raise ConfigError(f"data.{key}={data[key]} must be divisible by 16 (e.g. 352x640, 720x1280)")
-    if data.mode not in ("raw", "cached"):
-        raise ConfigError(f"data.mode={data.mode!r} must be 'raw' or 'cached'")
     if data.mode == "raw" and not cfg.model.get("encoders"):
         raise ConfigError(
             "data.mode=raw needs model.encoders to turn clips into latents; use cached data "
@@ -65,6 +58,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "lora=none trains nothing: set module.full_finetune=[dual_tower_bridge] (or pick a lora)"
         )
+    # unknown keys, value ranges (every data.* option, through DataOptions.validate), shards
     validate_config(cfg, "fit")
     devices = cfg.trainer.get("devices")
     if _is_multirun() and devices not in (1, "1", None) and cfg.trainer.accelerator != "cpu":
