@@ -6,8 +6,8 @@ so a resumed run draws exactly what the uninterrupted run would have drawn, on e
 
 Checkpoints hold only what changes: the trainable parameters (LoRA and/or fully fine-tuned components), the
 EMA copy (the ``ema`` callback's ``ema_weights.*`` buffers), the counter, plus what Lightning adds (optimizer,
-scheduler, loops, datamodule state). The frozen base is rebuilt from its own source and never written (``strict_loading = False``; every trainable key is
-checked on load).
+scheduler, loops, datamodule state). The frozen base is rebuilt from its own source and never written
+(``strict_loading = False``; every trainable key is checked on load).
 """
 
 from __future__ import annotations
